@@ -1,0 +1,501 @@
+//! The host's configuration: one TOML file, serde types with named defaults,
+//! and [`Config::validate`], which checks everything at once without I/O and
+//! reports every problem it finds.
+//!
+//! Relative paths are resolved against the config file's directory by
+//! [`Config::load`].
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The whole host configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this pipeline (positions and dead letters are kept under it).
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Where raw records come from.
+    pub source: SourceConfig,
+    /// The parser plugin: raw bytes to events.
+    pub parser: PluginConfig,
+    /// Feature plugins: events to feature updates. At least one.
+    pub features: Vec<PluginConfig>,
+    /// The late-data handler plugin; without one, late events are accepted.
+    #[serde(default)]
+    pub late: Option<PluginConfig>,
+    #[serde(default)]
+    pub watermark: WatermarkConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Where events the late handler routes aside are written.
+    #[serde(default)]
+    pub side_output: SideOutputConfig,
+    /// Engine-wide plugin runtime settings.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The HTTP serving API.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default = "default_pipeline_name")]
+    pub name: String,
+    /// Raw records per plugin call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Tiles and source positions are committed together after this many events.
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_events: u64,
+    /// ... or after this much time, whichever comes first.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_pipeline_name() -> String {
+    "default".into()
+}
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_checkpoint_events() -> u64 {
+    500_000
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: default_pipeline_name(),
+            batch_size: default_batch_size(),
+            checkpoint_events: default_checkpoint_events(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// One enum variant per source kind.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// NDJSON or Avro object container files: one file, or every matching
+    /// file of a directory in name order.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: FileFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// By extension: `.avro` is Avro, anything else NDJSON.
+    #[default]
+    Auto,
+    Ndjson,
+    Avro,
+}
+
+/// A plugin: the component, its config and its quotas.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name in logs, metrics and dead letters.
+    pub name: String,
+    /// The compiled component (`.wasm`).
+    pub path: PathBuf,
+    /// Version label; defaults to the first 12 hex digits of the component's SHA-256.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Passed to the plugin's `init` as JSON text.
+    #[serde(default = "default_plugin_config")]
+    pub config: toml::Value,
+    #[serde(default)]
+    pub quotas: Quotas,
+    #[serde(default)]
+    pub quarantine: QuarantinePolicy,
+}
+
+fn default_plugin_config() -> toml::Value {
+    toml::Value::Table(Default::default())
+}
+
+impl PluginConfig {
+    /// The plugin's config as JSON text (empty object when none was given).
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// Per-plugin resource limits, applied to every call.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Maximum linear memory of the plugin instance.
+    #[serde(default = "default_max_memory")]
+    pub max_memory_bytes: usize,
+    /// CPU budget per call, in wasmtime fuel units (~one per wasm instruction).
+    /// Needs `runtime.fuel = true`.
+    #[serde(default = "default_fuel")]
+    pub fuel_per_call: u64,
+    /// Wall-clock limit per call (epoch interruption).
+    #[serde(default = "default_wall_time", with = "humantime_serde")]
+    pub wall_time_per_call: Duration,
+    /// Maximum records (events, updates, decisions) one call may return.
+    #[serde(default = "default_max_output_records")]
+    pub max_output_records: usize,
+    /// Maximum bytes one call may return.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
+}
+
+fn default_max_memory() -> usize {
+    64 << 20
+}
+fn default_fuel() -> u64 {
+    2_000_000_000
+}
+fn default_wall_time() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_output_records() -> usize {
+    1 << 20
+}
+fn default_max_output_bytes() -> usize {
+    32 << 20
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_memory_bytes: default_max_memory(),
+            fuel_per_call: default_fuel(),
+            wall_time_per_call: default_wall_time(),
+            max_output_records: default_max_output_records(),
+            max_output_bytes: default_max_output_bytes(),
+        }
+    }
+}
+
+/// What happens to a plugin that keeps failing.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantinePolicy {
+    /// Failed calls in a row (traps, timeouts, quota breaches, bad output)
+    /// after which the plugin is quarantined.
+    #[serde(default = "default_after_failures")]
+    pub after_consecutive_failures: u32,
+    #[serde(default)]
+    pub action: QuarantineAction,
+}
+
+fn default_after_failures() -> u32 {
+    20
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        QuarantinePolicy { after_consecutive_failures: default_after_failures(), action: QuarantineAction::default() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineAction {
+    /// Stop the pipeline without committing the failing batch: a restart
+    /// (after a fix) resumes from the last checkpoint.
+    #[default]
+    Halt,
+    /// Keep running; every record the plugin would see goes to the dead letter.
+    DeadLetter,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// The watermark trails the largest event time seen by this much.
+    #[serde(default, with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig { out_of_orderness: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// One redb file on local disk.
+    Embedded {
+        #[serde(default = "default_store_path")]
+        path: PathBuf,
+    },
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from(".tessera/tiles.redb")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Embedded { path: default_store_path() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// NDJSON file that rejected records are appended to.
+    #[serde(default = "default_dead_letter_path")]
+    pub path: PathBuf,
+}
+
+fn default_dead_letter_path() -> PathBuf {
+    PathBuf::from(".tessera/dead-letter.ndjson")
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig { path: default_dead_letter_path() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideOutputConfig {
+    #[serde(default = "default_side_output_path")]
+    pub path: PathBuf,
+}
+
+fn default_side_output_path() -> PathBuf {
+    PathBuf::from(".tessera/side-output.ndjson")
+}
+
+impl Default for SideOutputConfig {
+    fn default() -> Self {
+        SideOutputConfig { path: default_side_output_path() }
+    }
+}
+
+/// Settings of the wasmtime engine shared by all plugins.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Meter fuel so `quotas.fuel_per_call` applies (costs some guest speed).
+    #[serde(default = "default_true")]
+    pub fuel: bool,
+    /// Granularity of wall-time limits.
+    #[serde(default = "default_epoch_tick", with = "humantime_serde")]
+    pub epoch_tick: Duration,
+    /// Where compiled components are cached between runs (none when unset).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_epoch_tick() -> Duration {
+    Duration::from_millis(5)
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { fuel: true, epoch_tick: default_epoch_tick(), cache_dir: None }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on when serving.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: default_listen() }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths become
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        let mut cfg = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes every relative path relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match &mut self.source {
+            SourceConfig::File { path, .. } => fix(path),
+        }
+        fix(&mut self.parser.path);
+        for f in &mut self.features {
+            fix(&mut f.path);
+        }
+        if let Some(l) = &mut self.late {
+            fix(&mut l.path);
+        }
+        match &mut self.store {
+            StoreConfig::Embedded { path } => fix(path),
+        }
+        fix(&mut self.dead_letter.path);
+        fix(&mut self.side_output.path);
+        if let Some(c) = &mut self.runtime.cache_dir {
+            fix(c);
+        }
+    }
+
+    /// Checks every setting, reporting all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let p = &self.pipeline;
+        if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            problems.push(format!("pipeline.name `{}` must be non-empty letters, digits, - or _", p.name));
+        }
+        if !(1..=65_536).contains(&p.batch_size) {
+            problems.push(format!("pipeline.batch_size {} must be between 1 and 65536", p.batch_size));
+        }
+        if p.checkpoint_events == 0 {
+            problems.push("pipeline.checkpoint_events must be at least 1".into());
+        }
+        if self.features.is_empty() {
+            problems.push("at least one [[features]] plugin is required".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let plugins = std::iter::once(("parser", &self.parser))
+            .chain(self.features.iter().map(|f| ("features", f)))
+            .chain(self.late.iter().map(|l| ("late", l)));
+        for (section, plugin) in plugins {
+            if plugin.name.is_empty() {
+                problems.push(format!("[{section}] plugin name must not be empty"));
+            } else if !names.insert(plugin.name.clone()) {
+                problems.push(format!("plugin name `{}` is used twice", plugin.name));
+            }
+            let q = &plugin.quotas;
+            if q.max_memory_bytes < (1 << 16) {
+                problems.push(format!("plugin `{}`: quotas.max_memory_bytes must be at least 65536", plugin.name));
+            }
+            if q.wall_time_per_call.is_zero() {
+                problems.push(format!("plugin `{}`: quotas.wall_time_per_call must be positive", plugin.name));
+            }
+            if q.fuel_per_call == 0 {
+                problems.push(format!("plugin `{}`: quotas.fuel_per_call must be positive", plugin.name));
+            }
+            if q.max_output_records == 0 || q.max_output_bytes == 0 {
+                problems.push(format!("plugin `{}`: output quotas must be positive", plugin.name));
+            }
+            if plugin.quarantine.after_consecutive_failures == 0 {
+                problems.push(format!("plugin `{}`: quarantine.after_consecutive_failures must be at least 1", plugin.name));
+            }
+        }
+        if self.runtime.epoch_tick.is_zero() || self.runtime.epoch_tick > Duration::from_secs(1) {
+            problems.push("runtime.epoch_tick must be between 1ns and 1s".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// `Duration` fields written as `5s`, `250ms`, `1h` in TOML.
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        source = { type = "file", path = "events.ndjson" }
+        parser = { name = "json", path = "json_parser.wasm" }
+        [[features]]
+        name = "counter"
+        path = "windowed_counter.wasm"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.pipeline.batch_size, 1024);
+        assert_eq!(cfg.parser.quotas.max_memory_bytes, 64 << 20);
+        assert_eq!(cfg.parser.config_json(), "{}");
+        assert!(cfg.late.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            pipeline = { name = "bad name", batch_size = 0 }
+            source = { type = "file", path = "x" }
+            parser = { name = "p", path = "p.wasm", quotas = { max_memory_bytes = 10 } }
+            features = []
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else { panic!("expected invalid") };
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        assert!(Config::parse(&format!("{MINIMAL}\n[watermark]\nout_of_orderness = \"soon\"")).is_err());
+        assert!(Config::parse(&format!("{MINIMAL}\n[pipeline]\nbatchsize = 3")).is_err());
+        assert!(Config::parse(&MINIMAL.replace("type = \"file\"", "type = \"ftp\"")).is_err());
+    }
+
+    #[test]
+    fn duplicate_plugin_names_are_rejected() {
+        let text = MINIMAL.replace("name = \"counter\"", "name = \"json\"");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(p)) if p[0].contains("used twice")));
+    }
+}

@@ -1,0 +1,459 @@
+//! Wires the stages: source → parser plugin → late-data check → feature
+//! plugins → tiler → store, with the dead letter and side output beside them.
+//!
+//! Batches flow one at a time on the calling thread. Every plugin call is
+//! contained: when a call fails, the batch is split in halves and retried
+//! down to single records, so only the records that make the plugin fail go
+//! to the dead letter (with plugin name, version and reason) and the rest
+//! carry on. Repeated failures quarantine the plugin (config decides whether
+//! the pipeline then halts or dead-letters what that plugin would see).
+//!
+//! Checkpoints commit tile deltas and source positions in one store commit,
+//! after the dead letter and side output are synced: a crash or halt loses
+//! nothing and counts nothing twice, because a restart resumes from the last
+//! committed position and the uncommitted deltas were never written.
+
+mod stats;
+
+pub use stats::{Progress, RunStats};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, QuarantineAction};
+use crate::error::PipelineError;
+use crate::plugin::{FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime, PluginSource};
+use crate::record::{
+    bytes_at, now_ms, select_events, select_raw, EventBatch, LateBatch, LateDecision, RawBatch,
+};
+use crate::sinks::{DeadLetter, NdjsonSink};
+use crate::sources::{self, Source, SourceBatch};
+use crate::stores::{Checkpoint, StoredFeature, TileStore};
+use crate::window::{FeatureDef, Tiler, Watermarks};
+
+/// A feature plugin and the store-wide definitions of its features.
+struct FeatureStage {
+    plugin: FeaturePlugin,
+    defs: Vec<FeatureDef>,
+}
+
+pub struct Pipeline {
+    cfg: Config,
+    // Declared before the plugins' engine owner so it drops after them.
+    parser: ParserPlugin,
+    features: Vec<FeatureStage>,
+    late: Option<LatePlugin>,
+    _runtime: PluginRuntime,
+    store: Arc<dyn TileStore>,
+    source: Box<dyn Source>,
+    tiler: Tiler,
+    dead_letter: NdjsonSink,
+    side_output: NdjsonSink,
+    watermarks: Watermarks,
+    stats: RunStats,
+    stop: Arc<AtomicBool>,
+}
+
+/// Which stage a dead letter comes from.
+#[derive(Clone, Copy)]
+enum Stage {
+    Source,
+    Parse,
+    Feature,
+    Tile,
+    Late,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Parse => "parse",
+            Stage::Feature => "feature",
+            Stage::Tile => "tile",
+            Stage::Late => "late",
+        }
+    }
+}
+
+impl Pipeline {
+    /// Loads every plugin, registers their features in the store and opens
+    /// the source at its committed position.
+    pub fn build(cfg: Config, store: Arc<dyn TileStore>) -> Result<Self, PipelineError> {
+        let runtime = PluginRuntime::new(&cfg.runtime).map_err(|e| PipelineError::PluginLoad { plugin: "(engine)".into(), source: e })?;
+        let load_err = |name: &str| {
+            let plugin = name.to_string();
+            move |source: PluginError| PipelineError::PluginLoad { plugin: plugin.clone(), source }
+        };
+        let parser = PluginSource::from_config(&cfg.parser)
+            .and_then(|s| runtime.load_parser(&s))
+            .map_err(load_err(&cfg.parser.name))?;
+        let mut loaded = Vec::new();
+        for f in &cfg.features {
+            loaded.push(PluginSource::from_config(f).and_then(|s| runtime.load_feature(&s)).map_err(load_err(&f.name))?);
+        }
+        let late = match &cfg.late {
+            Some(l) => Some(PluginSource::from_config(l).and_then(|s| runtime.load_late(&s)).map_err(load_err(&l.name))?),
+            None => None,
+        };
+
+        let mut stored = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &loaded {
+            for spec in p.specs() {
+                let f = StoredFeature::from_spec(&p.meta().name, spec);
+                f.validate().map_err(|reason| PipelineError::InvalidFeature {
+                    plugin: p.meta().name.clone(),
+                    feature: spec.name.clone(),
+                    reason,
+                })?;
+                if !seen.insert(f.name.clone()) {
+                    return Err(PipelineError::DuplicateFeature(f.name));
+                }
+                stored.push(f);
+            }
+        }
+        let ids = store.register_features(&stored)?;
+        let mut ids = ids.into_iter().zip(stored);
+        let features = loaded
+            .into_iter()
+            .map(|plugin| {
+                let defs = plugin
+                    .specs()
+                    .iter()
+                    .map(|spec| {
+                        let (id, f) = ids.next().expect("one id per spec");
+                        FeatureDef { id, plugin: plugin.meta().name.clone(), spec: spec.clone(), sizes_ms: f.sizes_ms() }
+                    })
+                    .collect();
+                FeatureStage { plugin, defs }
+            })
+            .collect();
+
+        let source = sources::build(&cfg.source, store.as_ref(), &cfg.pipeline.name)?;
+        let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
+        Ok(Pipeline {
+            dead_letter: NdjsonSink::new(&cfg.dead_letter.path),
+            side_output: NdjsonSink::new(&cfg.side_output.path),
+            cfg,
+            parser,
+            features,
+            late,
+            _runtime: runtime,
+            store,
+            source,
+            tiler: Tiler::new(),
+            watermarks: Watermarks::new(out_of_orderness),
+            stats: RunStats::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// A flag that, once set, makes [`run`](Self::run) checkpoint and return.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub fn store(&self) -> &Arc<dyn TileStore> {
+        &self.store
+    }
+
+    /// Features by plugin, as registered.
+    pub fn feature_defs(&self) -> Vec<FeatureDef> {
+        self.features.iter().flat_map(|f| f.defs.iter().cloned()).collect()
+    }
+
+    /// Runs until the source ends (or the stop flag is set), checkpointing
+    /// along the way; `progress` is called about twice a second.
+    pub fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<RunStats, PipelineError> {
+        let started = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let mut last_progress = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else { break };
+            self.process(batch)?;
+            if self.tiler.pending_updates() >= self.cfg.pipeline.checkpoint_events
+                || last_checkpoint.elapsed() >= self.cfg.pipeline.checkpoint_interval
+            {
+                self.checkpoint()?;
+                last_checkpoint = Instant::now();
+            }
+            if last_progress.elapsed().as_millis() >= 500 {
+                progress(&self.progress(started));
+                last_progress = Instant::now();
+            }
+        }
+        self.checkpoint()?;
+        self.stats.elapsed = started.elapsed();
+        progress(&self.progress(started));
+        Ok(self.stats.clone())
+    }
+
+    fn progress(&self, started: Instant) -> Progress {
+        Progress {
+            records_in: self.stats.records_in,
+            events_out: self.stats.events_out,
+            dead_lettered: self.stats.dead_lettered,
+            elapsed: started.elapsed(),
+            position: self.source.describe_position(),
+            watermark: self.watermarks.current(),
+        }
+    }
+
+    /// Commits the tile deltas and the source positions together.
+    pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        self.dead_letter.sync()?;
+        self.side_output.sync()?;
+        let deltas = self.tiler.drain();
+        let positions = self.source.positions();
+        if deltas.is_empty() && positions.is_empty() {
+            return Ok(());
+        }
+        self.stats.tiles_written += deltas.len() as u64;
+        self.store.commit(&Checkpoint { pipeline: self.cfg.pipeline.name.clone(), deltas, positions })?;
+        self.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, stage: Stage, plugin: Option<&PluginMeta>, reason: &str, raw: &RawBatch, row: usize) -> Result<(), PipelineError> {
+        let mut dl = DeadLetter {
+            at: now_ms(),
+            pipeline: self.cfg.pipeline.name.clone(),
+            stage: stage.name(),
+            plugin: plugin.map(|p| p.name.clone()),
+            plugin_version: plugin.map(|p| p.version.clone()),
+            reason: reason.to_string(),
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset: raw.offsets.get(row).copied().unwrap_or(-1),
+            payload: None,
+            payload_base64: None,
+        };
+        dl.set_payload(bytes_at(&raw.payloads, row).unwrap_or(&[]));
+        self.dead_letter.write(&dl)?;
+        self.stats.dead_lettered += 1;
+        Ok(())
+    }
+
+    fn process(&mut self, batch: SourceBatch) -> Result<(), PipelineError> {
+        for e in &batch.read_errors {
+            let mut dl = DeadLetter {
+                at: now_ms(),
+                pipeline: self.cfg.pipeline.name.clone(),
+                stage: Stage::Source.name(),
+                plugin: None,
+                plugin_version: None,
+                reason: e.reason.clone(),
+                topic: e.topic.clone(),
+                partition: 0,
+                offset: e.offset,
+                payload: None,
+                payload_base64: None,
+            };
+            dl.set_payload(&e.payload);
+            self.dead_letter.write(&dl)?;
+            self.stats.dead_lettered += 1;
+            self.stats.records_in += 1;
+        }
+        if batch.raw.offsets.is_empty() {
+            return Ok(());
+        }
+        self.stats.records_in += batch.raw.offsets.len() as u64;
+        let mut chunks = Vec::new();
+        self.parse_isolating(batch.raw, &mut chunks)?;
+        for (raw, events) in chunks {
+            self.process_events(&raw, events)?;
+        }
+        Ok(())
+    }
+
+    /// Parses `raw`; on a failed call, halves and retries so that only the
+    /// records that break the parser are dead-lettered. Successful pieces are
+    /// pushed to `out` in input order.
+    fn parse_isolating(&mut self, raw: RawBatch, out: &mut Vec<(RawBatch, EventBatch)>) -> Result<(), PipelineError> {
+        match self.parser.parse(&raw) {
+            Ok(parsed) => {
+                let meta = self.parser.meta().clone();
+                for e in &parsed.errors {
+                    self.dead_letter(Stage::Parse, Some(&meta), &e.reason, &raw, e.row as usize)?;
+                }
+                if parsed.events.len > 0 {
+                    out.push((raw, parsed.events));
+                }
+                Ok(())
+            }
+            Err(err) => {
+                let meta = self.parser.meta().clone();
+                if self.parser.health().quarantined {
+                    let action = self.parser.quarantine_policy().action;
+                    return self.quarantined(action, &meta, self.parser.health().consecutive_failures, &err, Stage::Parse, &raw, 0..raw.offsets.len());
+                }
+                let n = raw.offsets.len();
+                if n == 1 {
+                    return self.dead_letter(Stage::Parse, Some(&meta), &err.to_string(), &raw, 0);
+                }
+                let mid = (n / 2) as u32;
+                let left: Vec<u32> = (0..mid).collect();
+                let right: Vec<u32> = (mid..n as u32).collect();
+                self.parse_isolating(select_raw(&raw, &left), out)?;
+                self.parse_isolating(select_raw(&raw, &right), out)
+            }
+        }
+    }
+
+    /// Applies the quarantine policy to the rows a quarantined plugin would see.
+    #[allow(clippy::too_many_arguments)]
+    fn quarantined(
+        &mut self,
+        action: QuarantineAction,
+        meta: &PluginMeta,
+        failures: u32,
+        err: &PluginError,
+        stage: Stage,
+        raw: &RawBatch,
+        rows: impl Iterator<Item = usize>,
+    ) -> Result<(), PipelineError> {
+        match action {
+            QuarantineAction::Halt => Err(PipelineError::Quarantined { plugin: meta.name.clone(), failures, last: err.to_string() }),
+            QuarantineAction::DeadLetter => {
+                let reason = format!("plugin quarantined ({err})");
+                for row in rows {
+                    self.dead_letter(stage, Some(meta), &reason, raw, row)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn process_events(&mut self, raw: &RawBatch, events: EventBatch) -> Result<(), PipelineError> {
+        let events = self.route_late(raw, events)?;
+        if events.len == 0 {
+            return Ok(());
+        }
+        self.stats.events_out += events.len as u64;
+        for i in 0..self.features.len() {
+            self.feature_isolating(i, raw, &events)?;
+        }
+        Ok(())
+    }
+
+    /// Sends events behind the watermark to the late-data handler and keeps
+    /// those it accepts; advances the watermark with this batch.
+    fn route_late(&mut self, raw: &RawBatch, events: EventBatch) -> Result<EventBatch, PipelineError> {
+        let watermark = self.watermarks.current();
+        if let Some(max) = events.event_time.iter().max() {
+            self.watermarks.observe(&raw.topic, raw.partition, *max);
+        }
+        let Some(wm) = watermark else { return Ok(events) };
+        let late_rows: Vec<u32> = (0..events.len).filter(|r| events.event_time[*r as usize] < wm).collect();
+        if late_rows.is_empty() {
+            return Ok(events);
+        }
+        let Some(handler) = self.late.as_mut() else {
+            self.stats.late_accepted += late_rows.len() as u64;
+            return Ok(events);
+        };
+        let late_events = select_events(&events, &late_rows);
+        let lateness_ms = late_events.event_time.iter().map(|t| wm - t).collect::<Vec<_>>();
+        let batch = LateBatch { events: late_events, lateness_ms, watermark: wm };
+        let meta = handler.meta().clone();
+        let decisions = match handler.decide(&batch) {
+            Ok(d) => d,
+            Err(err) => {
+                // Without a decision no late event may be guessed at: all go to the dead letter.
+                let quarantined = handler.health().quarantined.then(|| (handler.quarantine_policy().action, handler.health().consecutive_failures));
+                let rows: Vec<usize> = late_rows.iter().map(|r| events.source_row[*r as usize] as usize).collect();
+                if let Some((action, failures)) = quarantined {
+                    self.quarantined(action, &meta, failures, &err, Stage::Late, raw, rows.into_iter())?;
+                } else {
+                    for row in rows {
+                        self.dead_letter(Stage::Late, Some(&meta), &err.to_string(), raw, row)?;
+                    }
+                }
+                vec![LateDecision::Drop; late_rows.len()]
+            }
+        };
+        let mut rejected = vec![false; events.len as usize];
+        for (i, d) in decisions.iter().enumerate() {
+            let row = late_rows[i] as usize;
+            match d {
+                LateDecision::Accept => self.stats.late_accepted += 1,
+                LateDecision::Drop => {
+                    rejected[row] = true;
+                    self.stats.late_dropped += 1;
+                }
+                LateDecision::SideOutput(reason) => {
+                    rejected[row] = true;
+                    self.stats.late_side_output += 1;
+                    let src = events.source_row[row] as usize;
+                    let payload = bytes_at(&raw.payloads, src).unwrap_or(&[]);
+                    self.side_output.write(&serde_json::json!({
+                        "at": now_ms(),
+                        "pipeline": self.cfg.pipeline.name,
+                        "plugin": meta.name,
+                        "reason": reason,
+                        "event_time": events.event_time[row],
+                        "watermark": wm,
+                        "topic": raw.topic,
+                        "partition": raw.partition,
+                        "offset": raw.offsets[src],
+                        "payload": String::from_utf8_lossy(payload),
+                    }))?;
+                }
+            }
+        }
+        if !rejected.iter().any(|r| *r) {
+            return Ok(events);
+        }
+        let keep: Vec<u32> = (0..events.len).filter(|r| !rejected[*r as usize]).collect();
+        Ok(select_events(&events, &keep))
+    }
+
+    /// Runs feature plugin `i` over `events`, halving on failure so that only
+    /// the events that break it are dead-lettered, and folds updates into tiles.
+    fn feature_isolating(&mut self, i: usize, raw: &RawBatch, events: &EventBatch) -> Result<(), PipelineError> {
+        let stage = &mut self.features[i];
+        match stage.plugin.process(events) {
+            Ok(updates) => {
+                let rejections = self.tiler.apply(&stage.defs, events, &updates);
+                self.stats.updates += (updates.row.len() - rejections.len()) as u64;
+                if !rejections.is_empty() {
+                    let meta = stage.plugin.meta().clone();
+                    for r in rejections {
+                        let src = events.source_row[r.row as usize] as usize;
+                        self.dead_letter(Stage::Tile, Some(&meta), &r.reason, raw, src)?;
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => {
+                let meta = stage.plugin.meta().clone();
+                if stage.plugin.health().quarantined {
+                    let (action, failures) = (stage.plugin.quarantine_policy().action, stage.plugin.health().consecutive_failures);
+                    let rows: Vec<usize> = events.source_row.iter().map(|r| *r as usize).collect();
+                    return self.quarantined(action, &meta, failures, &err, Stage::Feature, raw, rows.into_iter());
+                }
+                let n = events.len;
+                if n == 1 {
+                    return self.dead_letter(Stage::Feature, Some(&meta), &err.to_string(), raw, events.source_row[0] as usize);
+                }
+                let mid = n / 2;
+                let left: Vec<u32> = (0..mid).collect();
+                let right: Vec<u32> = (mid..n).collect();
+                self.feature_isolating(i, raw, &select_events(events, &left))?;
+                self.feature_isolating(i, raw, &select_events(events, &right))
+            }
+        }
+    }
+
+    /// Health of every plugin, by name.
+    pub fn plugin_health(&self) -> Vec<(PluginMeta, crate::plugin::PluginHealth)> {
+        let mut v = vec![(self.parser.meta().clone(), self.parser.health().clone())];
+        v.extend(self.features.iter().map(|f| (f.plugin.meta().clone(), f.plugin.health().clone())));
+        if let Some(l) = &self.late {
+            v.push((l.meta().clone(), l.health().clone()));
+        }
+        v
+    }
+}

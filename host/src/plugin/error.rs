@@ -1,0 +1,40 @@
+//! Why a plugin could not be loaded, or why one call failed.
+
+/// A plugin failure. Load errors (`NotAComponent`, `WrongWorld`, `Compile`,
+/// `Init`) stop a plugin from being used; call errors fail one batch.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum PluginError {
+    #[error("cannot set up the plugin engine: {0}")]
+    Engine(String),
+    #[error("cannot read component {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error("component does not implement world {world}: {message}")]
+    WrongWorld { world: &'static str, message: String },
+    #[error("plugin init failed: {0}")]
+    Init(String),
+    #[error("exceeded its CPU budget of {fuel} fuel per call")]
+    CpuBudget { fuel: u64 },
+    #[error("exceeded its wall-time limit of {ms} ms per call")]
+    WallTime { ms: u128 },
+    #[error("exceeded its memory limit of {bytes} bytes")]
+    Memory { bytes: usize },
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned {got} {what}, over its limit of {limit}")]
+    OutputTooLarge { what: &'static str, got: usize, limit: usize },
+    #[error("returned malformed output: {0}")]
+    MalformedOutput(String),
+    #[error("returned an error: {0}")]
+    Failed(String),
+    #[error("is quarantined")]
+    Quarantined,
+}
+
+impl PluginError {
+    /// Whether this failure came from loading rather than from one call.
+    pub fn is_load_error(&self) -> bool {
+        matches!(self, PluginError::Read { .. } | PluginError::NotAComponent(_) | PluginError::WrongWorld { .. })
+    }
+}

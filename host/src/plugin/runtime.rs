@@ -1,0 +1,182 @@
+//! The engine shared by all plugins, the linkers, the epoch ticker, and
+//! loading a component into a type-checked, pre-instantiated template.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config as EngineConfig, Engine};
+
+use super::bindings;
+use super::instance::{FeaturePlugin, LatePlugin, ParserPlugin, Sandbox};
+use super::state::PluginState;
+use super::{PluginError, PluginKind, PluginMeta};
+use crate::config::{PluginConfig, Quotas, QuarantinePolicy, RuntimeConfig};
+
+/// Where a component comes from, and how to run it.
+#[derive(Clone, Debug)]
+pub struct PluginSource {
+    pub name: String,
+    /// `None`: the first 12 hex digits of the component's SHA-256.
+    pub version: Option<String>,
+    pub bytes: Vec<u8>,
+    pub config_json: String,
+    pub quotas: Quotas,
+    pub quarantine: QuarantinePolicy,
+}
+
+impl PluginSource {
+    /// Reads the component named by a plugin's config section.
+    pub fn from_config(cfg: &PluginConfig) -> Result<Self, PluginError> {
+        let bytes = std::fs::read(&cfg.path).map_err(|e| PluginError::Read {
+            path: cfg.path.display().to_string(),
+            message: format!("{e} (build the plugins with scripts/build-plugins.sh)"),
+        })?;
+        Ok(PluginSource {
+            name: cfg.name.clone(),
+            version: cfg.version.clone(),
+            bytes,
+            config_json: cfg.config_json(),
+            quotas: cfg.quotas.clone(),
+            quarantine: cfg.quarantine.clone(),
+        })
+    }
+}
+
+/// The wasmtime engine and linkers. Cheap to share by reference; dropping it
+/// stops the epoch ticker.
+pub struct PluginRuntime {
+    engine: Engine,
+    settings: RuntimeConfig,
+    parser_linker: Linker<PluginState>,
+    feature_linker: Linker<PluginState>,
+    late_linker: Linker<PluginState>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl PluginRuntime {
+    pub fn new(settings: &RuntimeConfig) -> Result<Self, PluginError> {
+        let mut cfg = EngineConfig::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(settings.fuel)
+            .wasm_simd(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let linker = |add: fn(&mut Linker<PluginState>) -> wasmtime::Result<()>| -> Result<Linker<PluginState>, PluginError> {
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("linker: {e:#}")))?;
+            add(&mut linker).map_err(|e| PluginError::Engine(format!("linker: {e:#}")))?;
+            Ok(linker)
+        };
+        let parser_linker = linker(|l| {
+            bindings::parser::ParserPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s)
+        })?;
+        let feature_linker = linker(|l| {
+            bindings::feature::FeaturePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s)
+        })?;
+        let late_linker =
+            linker(|l| bindings::late::LatePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = settings.epoch_tick;
+            std::thread::Builder::new()
+                .name("tessera-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
+        }
+        Ok(PluginRuntime { engine, settings: settings.clone(), parser_linker, feature_linker, late_linker, ticker_stop })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether fuel metering is on for this engine.
+    pub fn fuel_enabled(&self) -> bool {
+        self.settings.fuel
+    }
+
+    /// Epoch ticks that make up `wall` (at least 2, so a call always gets one
+    /// full tick).
+    pub(super) fn ticks_for(&self, wall: Duration) -> u64 {
+        (wall.as_nanos() / self.settings.epoch_tick.as_nanos().max(1)) as u64 + 2
+    }
+
+    fn compile(&self, src: &PluginSource, kind: PluginKind) -> Result<(Component, PluginMeta), PluginError> {
+        let version = match &src.version {
+            Some(v) => v.clone(),
+            None => {
+                let digest = Sha256::digest(&src.bytes);
+                digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        let meta = PluginMeta { name: src.name.clone(), version, kind };
+        if wasmparser_is_core_module(&src.bytes) {
+            return Err(PluginError::NotAComponent(
+                "this is a core WebAssembly module; build a component (cargo build --target wasm32-wasip2)".into(),
+            ));
+        }
+        let component =
+            Component::new(&self.engine, &src.bytes).map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
+        Ok((component, meta))
+    }
+
+    /// Compiles and type-checks a parser plugin, then instantiates and
+    /// initialises it once, so config errors surface at load time.
+    pub fn load_parser(&self, src: &PluginSource) -> Result<ParserPlugin, PluginError> {
+        let (component, meta) = self.compile(src, PluginKind::Parser)?;
+        let pre = self.parser_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Parser, e))?;
+        let pre = bindings::parser::ParserPluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Parser, e))?;
+        let mut plugin = ParserPlugin::new(Sandbox::new(self, meta, pre, src));
+        plugin.warm_up()?;
+        Ok(plugin)
+    }
+
+    /// Compiles and type-checks a feature plugin and reads its feature specs.
+    pub fn load_feature(&self, src: &PluginSource) -> Result<FeaturePlugin, PluginError> {
+        let (component, meta) = self.compile(src, PluginKind::Feature)?;
+        let pre = self.feature_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Feature, e))?;
+        let pre = bindings::feature::FeaturePluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Feature, e))?;
+        let mut plugin = FeaturePlugin::new(Sandbox::new(self, meta, pre, src));
+        plugin.warm_up()?;
+        Ok(plugin)
+    }
+
+    /// Compiles and type-checks a late-data handler.
+    pub fn load_late(&self, src: &PluginSource) -> Result<LatePlugin, PluginError> {
+        let (component, meta) = self.compile(src, PluginKind::Late)?;
+        let pre = self.late_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Late, e))?;
+        let pre = bindings::late::LatePluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Late, e))?;
+        let mut plugin = LatePlugin::new(Sandbox::new(self, meta, pre, src));
+        plugin.warm_up()?;
+        Ok(plugin)
+    }
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wrong_world(kind: PluginKind, e: wasmtime::Error) -> PluginError {
+    PluginError::WrongWorld { world: kind.world(), message: format!("{e:#}") }
+}
+
+/// A core module starts with `\0asm` and version 1; a component has the
+/// same magic with a different version/layer field.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

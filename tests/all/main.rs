@@ -1,1 +1,9 @@
+//! Integration tests: the real plugins compiled to wasm32-wasip2, the host
+//! library and the `tessera` binary, one test binary (as wasmtime does).
 
+mod containment;
+mod http;
+mod restart;
+mod sources;
+mod support;
+mod windows;

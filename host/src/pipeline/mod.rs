@@ -32,6 +32,10 @@ use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoredFeature, TileStore};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
+/// Position keys under which the sinks' committed lengths are stored.
+const DEAD_LETTER_KEY: &str = "sink:dead-letter";
+const SIDE_OUTPUT_KEY: &str = "sink:side-output";
+
 /// A feature plugin and the store-wide definitions of its features.
 struct FeatureStage {
     plugin: FeaturePlugin,
@@ -132,10 +136,18 @@ impl Pipeline {
             .collect();
 
         let source = sources::build(&cfg.source, store.as_ref(), &cfg.pipeline.name)?;
+        let committed_len = |key: &str| -> Result<Option<u64>, PipelineError> {
+            Ok(store
+                .position(&cfg.pipeline.name, key)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_be_bytes))
+        };
+        let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
+        let side_output = NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
         let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
         Ok(Pipeline {
-            dead_letter: NdjsonSink::new(&cfg.dead_letter.path),
-            side_output: NdjsonSink::new(&cfg.side_output.path),
+            dead_letter,
+            side_output,
             cfg,
             parser,
             features,
@@ -206,10 +218,9 @@ impl Pipeline {
         self.dead_letter.sync()?;
         self.side_output.sync()?;
         let deltas = self.tiler.drain();
-        let positions = self.source.positions();
-        if deltas.is_empty() && positions.is_empty() {
-            return Ok(());
-        }
+        let mut positions = self.source.positions();
+        positions.push((DEAD_LETTER_KEY.into(), self.dead_letter.committed_len().to_be_bytes().to_vec()));
+        positions.push((SIDE_OUTPUT_KEY.into(), self.side_output.committed_len().to_be_bytes().to_vec()));
         self.stats.tiles_written += deltas.len() as u64;
         self.store.commit(&Checkpoint { pipeline: self.cfg.pipeline.name.clone(), deltas, positions })?;
         self.stats.checkpoints += 1;

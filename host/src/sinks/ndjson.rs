@@ -9,16 +9,45 @@ use std::path::{Path, PathBuf};
 use crate::error::SinkError;
 
 /// An NDJSON file that rows are appended to.
+///
+/// Its length is committed with each checkpoint ([`committed_len`](Self::committed_len));
+/// on restart the file is cut back to the committed length, because the
+/// records behind anything written later are processed again. So each
+/// rejected record appears once, even across a crash.
 pub struct NdjsonSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     written: u64,
+    len: u64,
 }
 
 impl NdjsonSink {
     /// The file is created (with its directory) on the first write.
     pub fn new(path: &Path) -> Self {
-        NdjsonSink { path: path.to_owned(), out: None, written: 0 }
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        NdjsonSink { path: path.to_owned(), out: None, written: 0, len }
+    }
+
+    /// Opens the sink where the last checkpoint left it: anything beyond
+    /// `committed_len` was written by work that was never committed and is
+    /// cut off. Without a committed length the file is appended to as is.
+    pub fn resume(path: &Path, committed_len: Option<u64>) -> Result<Self, SinkError> {
+        let mut sink = NdjsonSink::new(path);
+        if let Some(committed) = committed_len {
+            if sink.len > committed {
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| sink.err(e))?;
+                f.set_len(committed).map_err(|e| sink.err(e))?;
+                f.sync_all().map_err(|e| sink.err(e))?;
+                tracing::info!(path = %path.display(), cut = sink.len - committed, "cut uncommitted rows from the end of the file");
+                sink.len = committed;
+            }
+        }
+        Ok(sink)
+    }
+
+    /// The file length to commit with a checkpoint (call after [`sync`](Self::sync)).
+    pub fn committed_len(&self) -> u64 {
+        self.len
     }
 
     pub fn path(&self) -> &Path {
@@ -47,6 +76,7 @@ impl NdjsonSink {
         let out = self.out.as_mut().expect("opened above");
         out.write_all(&line).map_err(|e| SinkError::Write { path: self.path.clone(), source: e })?;
         self.written += 1;
+        self.len += line.len() as u64;
         Ok(())
     }
 
@@ -121,6 +151,13 @@ mod tests {
         dl.set_payload(&[0xff, 0x00]);
         sink.write(&dl).unwrap();
         sink.sync().unwrap();
+        let committed = sink.committed_len();
+        sink.write(&dl).unwrap();
+        sink.sync().unwrap();
+        drop(sink);
+        // A restart cuts what was written after the committed length.
+        let sink = NdjsonSink::resume(&path, Some(committed)).unwrap();
+        assert_eq!(sink.committed_len(), committed);
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["payload_base64"], "/wA=");

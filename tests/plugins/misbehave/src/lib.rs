@@ -6,7 +6,7 @@
 //! - `loop`: spins forever (CPU / wall-time quota)
 //! - `bomb`: allocates without bound (memory quota)
 //! - `trap`: panics (a trap)
-//! - `flood`: returns 1,000,000 updates for one event (output quota)
+//! - `flood`: returns 200,000 updates for one event (output quota)
 //! - `garbage`: returns an update pointing at a row that does not exist
 //! - `fail`: returns an error
 //! - `log`: writes a log line through the host
@@ -45,7 +45,7 @@ impl Feature for Misbehave {
                 }
                 "trap" => panic!("trap on purpose at row {row}"),
                 "flood" => {
-                    for _ in 0..1_000_000 {
+                    for _ in 0..200_000 {
                         out.push(0, row, 1.0);
                     }
                 }

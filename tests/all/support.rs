@@ -1,0 +1,200 @@
+//! Shared test set-up: the plugins built once per test run, config and data
+//! generators, and the brute-force oracle that window answers are checked against.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tessera::window::TileAgg;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds every plugin (ours and the misbehaving test one) once per test
+/// run, and returns the directory holding the `.wasm` components.
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = std::process::Command::new(workspace_root().join("scripts/build-plugins.sh"))
+            .arg("--quiet")
+            .status()
+            .expect("running scripts/build-plugins.sh");
+        assert!(status.success(), "building the plugins failed");
+        target_dir().join("wasm32-wasip2/release")
+    })
+}
+
+pub fn plugin(name: &str) -> PathBuf {
+    let p = plugin_dir().join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+/// A deterministic generator (xorshift), so failures reproduce from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One generated event, as the oracle sees it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub ts: i64,
+    pub ty: &'static str,
+    pub post: String,
+    pub user: String,
+    pub dwell: i64,
+}
+
+impl Event {
+    pub fn json(&self) -> String {
+        format!(
+            r#"{{"ts":{},"type":"{}","post_id":"{}","user_id":"{}","dwell_ms":{}}}"#,
+            self.ts, self.ty, self.post, self.user, self.dwell
+        )
+    }
+}
+
+pub const T0: i64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+
+/// `n` events over `span_ms` from `T0`, out of order by up to `jitter_ms`,
+/// with `late_every`-th event pushed `late_by_ms` back.
+pub fn events(seed: u64, n: usize, span_ms: i64, jitter_ms: i64, late: Option<(usize, i64)>) -> Vec<Event> {
+    let mut rng = Rng(seed.max(1));
+    let types = ["view", "view", "like", "share", "comment"];
+    (0..n)
+        .map(|i| {
+            let mut ts = T0 + span_ms * i as i64 / n as i64 + rng.below(2 * jitter_ms as u64 + 1) as i64 - jitter_ms;
+            if let Some((every, by)) = late {
+                if i % every == every - 1 {
+                    ts -= by;
+                }
+            }
+            Event {
+                ts,
+                ty: types[rng.below(types.len() as u64) as usize],
+                post: format!("post-{}", rng.below(40)),
+                user: format!("user-{}", rng.below(300)),
+                dwell: rng.below(10_000) as i64,
+            }
+        })
+        .collect()
+}
+
+pub fn write_ndjson(path: &Path, events: &[Event]) {
+    let text: String = events.iter().map(|e| e.json() + "\n").collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The windowed-counter config the oracle tests use: one feature per aggregation.
+pub const COUNTER_FEATURES: &str = r#"{ features = [
+  { name = "likes_per_post", entity = "post_id", event_types = ["like"] },
+  { name = "views_per_post", entity = "post_id", event_types = ["view"] },
+  { name = "interactions_per_user", entity = "user_id", event_types = ["like", "view", "share", "comment"] },
+  { name = "dwell_sum", entity = "post_id", event_types = ["view"], aggregation = "sum", value_field = "dwell_ms" },
+  { name = "dwell_max", entity = "post_id", event_types = ["view"], aggregation = "max", value_field = "dwell_ms" },
+  { name = "dwell_min", entity = "user_id", aggregation = "min", value_field = "dwell_ms" },
+  { name = "dwell_last", entity = "post_id", aggregation = "last", value_field = "dwell_ms" },
+  { name = "dwell_mean", entity = "user_id", event_types = ["view", "like"], aggregation = "mean", value_field = "dwell_ms" },
+] }"#;
+
+/// Which events feed a feature of [`COUNTER_FEATURES`], its entity and value.
+pub fn feature_input<'a>(feature: &str, e: &'a Event) -> Option<(&'a str, f64)> {
+    let (types, by_user, value): (&[&str], bool, bool) = match feature {
+        "likes_per_post" => (&["like"], false, false),
+        "views_per_post" => (&["view"], false, false),
+        "interactions_per_user" => (&["like", "view", "share", "comment"], true, false),
+        "dwell_sum" | "dwell_max" => (&["view"], false, true),
+        "dwell_min" => (&[], true, true),
+        "dwell_last" => (&[], false, true),
+        "dwell_mean" => (&["view", "like"], true, true),
+        other => panic!("unknown feature {other}"),
+    };
+    if !types.is_empty() && !types.contains(&e.ty) {
+        return None;
+    }
+    let entity = if by_user { e.user.as_str() } else { e.post.as_str() };
+    Some((entity, if value { e.dwell as f64 } else { 1.0 }))
+}
+
+/// Brute force: the aggregate of every accepted event of `feature` and
+/// `entity` with `start <= ts < end`, in input order.
+pub fn oracle(events: &[Event], feature: &str, entity: &str, start: i64, end: i64) -> TileAgg {
+    let mut agg = TileAgg::EMPTY;
+    for e in events {
+        if let Some((ent, v)) = feature_input(feature, e) {
+            if ent == entity && e.ts >= start && e.ts < end {
+                agg.add(v, e.ts);
+            }
+        }
+    }
+    agg
+}
+
+/// A config for a pipeline over `input` with the JSON parser and the windowed
+/// counter, stores under `dir`; `pipeline_extra` goes into `[pipeline]`,
+/// `extra` at the end (more sections).
+pub fn config(dir: &Path, input: &Path, pipeline_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "test"
+batch_size = 256
+{extra_pipeline}
+
+[source]
+type = "file"
+path = "{input}"
+
+[parser]
+name = "json-parser"
+path = "{parser}"
+config = {{ fields = {{ dwell_ms = "float64" }} }}
+
+[[features]]
+name = "windowed-counter"
+path = "{counter}"
+config = {features}
+
+[store]
+type = "embedded"
+path = "{dir}/tiles.redb"
+
+[dead_letter]
+path = "{dir}/dead-letter.ndjson"
+
+[side_output]
+path = "{dir}/side-output.ndjson"
+
+{extra}
+"#,
+        extra_pipeline = pipeline_extra,
+        input = input.display(),
+        parser = plugin("json_parser").display(),
+        counter = plugin("windowed_counter").display(),
+        features = COUNTER_FEATURES,
+        dir = dir.display(),
+    )
+}
+
+/// Reads an NDJSON file into JSON values (empty when it does not exist).
+pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l}: {e}")))
+        .collect()
+}

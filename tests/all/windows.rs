@@ -1,0 +1,109 @@
+//! Window answers against a brute-force oracle over the raw events.
+
+use std::sync::Arc;
+
+use tessera::api::query;
+use tessera::stores::{self, TileStore};
+use tessera::{Config, Pipeline};
+
+use crate::support::{self, Event, Rng, T0};
+
+const FEATURES: [&str; 8] =
+    ["likes_per_post", "views_per_post", "interactions_per_user", "dwell_sum", "dwell_max", "dwell_min", "dwell_last", "dwell_mean"];
+
+fn run(cfg: &str) -> (Arc<dyn TileStore>, tessera::RunStats) {
+    let cfg = Config::parse(cfg).unwrap();
+    let store = stores::open(&cfg.store).unwrap();
+    let mut p = Pipeline::build(cfg, store.clone()).unwrap();
+    let stats = p.run(&mut |_| {}).unwrap();
+    (store, stats)
+}
+
+/// Checks `queries` random window queries against the oracle over `accepted`.
+pub fn check_windows(store: &dyn TileStore, accepted: &[Event], seed: u64, queries: usize) {
+    let features = store.features().unwrap();
+    let mut rng = Rng(seed);
+    let windows = [60_000, 37 * 60_000, 30 * 60_000, 2 * 3_600_000, 86_400_000, 5 * 3_600_000 + 17_000];
+    for _ in 0..queries {
+        let name = FEATURES[rng.below(FEATURES.len() as u64) as usize];
+        let f = features.iter().find(|f| f.name == name).unwrap();
+        let e = &accepted[rng.below(accepted.len() as u64) as usize];
+        let entity = support::feature_input(name, e).map(|(ent, _)| ent.to_string()).unwrap_or_else(|| e.post.clone());
+        let window = windows[rng.below(windows.len() as u64) as usize];
+        let at = T0 - 3_600_000 + rng.below(6 * 3_600_000) as i64;
+        let a = query::answer(store, f, &entity, window, at).unwrap();
+        // The covered interval is the window, aligned to the 1-minute tile.
+        assert!(a.covered_end_ms >= at && a.covered_end_ms - at < 60_000, "{a:?}");
+        assert!(window - (a.covered_end_ms - a.covered_start_ms) < 60_000, "{a:?}");
+        let o = support::oracle(accepted, name, &entity, a.covered_start_ms, a.covered_end_ms);
+        let expected = o.value(f.aggregation());
+        assert_eq!(a.count, o.count, "{name}/{entity} over {window} at {at}: {a:?}");
+        match (a.value, expected) {
+            (Some(got), Some(want)) => assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}/{entity}: got {got}, want {want}; {a:?}"),
+            (got, want) => assert_eq!(got, want, "{name}/{entity}: {a:?}"),
+        }
+    }
+}
+
+#[test]
+fn window_answers_match_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = support::events(7, 20_000, 3 * 3_600_000, 20_000, None);
+    let input = dir.path().join("events.ndjson");
+    support::write_ndjson(&input, &events);
+    // A generous out-of-orderness and no late handler: every event counts.
+    let cfg = support::config(dir.path(), &input, "checkpoint_events = 3000", "[watermark]\nout_of_orderness = \"1h\"");
+    let (store, stats) = run(&cfg);
+    assert_eq!(stats.records_in, 20_000);
+    assert_eq!(stats.events_out, 20_000);
+    assert_eq!(stats.dead_lettered, 0);
+    assert!(stats.checkpoints > 3, "{stats:?}");
+    check_windows(store.as_ref(), &events, 11, 600);
+}
+
+#[test]
+fn late_events_follow_the_late_handler_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every 50th event is 20 minutes late, every 70th (overlapping) 2 hours: the
+    // default handler accepts up to 30 minutes and side-outputs the rest.
+    let mut events = support::events(3, 8_000, 2 * 3_600_000, 2_000, Some((50, 20 * 60_000)));
+    for (i, e) in events.iter_mut().enumerate() {
+        if i % 70 == 69 {
+            e.ts -= 2 * 3_600_000;
+        }
+    }
+    let input = dir.path().join("events.ndjson");
+    support::write_ndjson(&input, &events);
+    let late = format!(
+        "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"late-default\"\npath = \"{}\"\nconfig = {{ allowed_lateness = \"30m\" }}",
+        support::plugin("late_default").display()
+    );
+    let cfg = support::config(dir.path(), &input, "", &late);
+    let (store, stats) = run(&cfg);
+
+    // Oracle: replay the batches (256 records each) with the same watermark rule.
+    let (mut accepted, mut side, mut max_seen) = (Vec::new(), 0u64, i64::MIN);
+    let mut late_accepted = 0;
+    for batch in events.chunks(256) {
+        let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
+        for e in batch {
+            match wm {
+                Some(wm) if e.ts < wm && wm - e.ts > 30 * 60_000 => side += 1,
+                Some(wm) if e.ts < wm => {
+                    late_accepted += 1;
+                    accepted.push(e.clone())
+                }
+                _ => accepted.push(e.clone()),
+            }
+        }
+        max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
+    }
+    assert!(side > 50 && late_accepted > 50, "the data must exercise both paths: {side} {late_accepted}");
+    assert_eq!(stats.late_side_output, side);
+    assert_eq!(stats.late_accepted, late_accepted);
+    assert_eq!(stats.events_out, accepted.len() as u64);
+    let side_rows = support::read_ndjson(&dir.path().join("side-output.ndjson"));
+    assert_eq!(side_rows.len() as u64, side);
+    assert!(side_rows[0]["reason"].as_str().unwrap().contains("behind the watermark"));
+    check_windows(store.as_ref(), &accepted, 5, 300);
+}

@@ -38,13 +38,32 @@ pub struct UpdateRejection {
     pub reason: String,
 }
 
+/// Where a (feature, entity)'s open tiles live in `Tiler::open`.
+struct Slot {
+    feature_id: u32,
+    entity: u32,
+    base: u32,
+}
+
+/// Tile state between checkpoints. Each (feature, entity) has one open tile
+/// per tile size in a flat arena; an update for the open tile is a plain add
+/// (events mostly arrive in time order), an update for a later tile closes
+/// the open one into `spill`, an update for an earlier tile goes to `spill`
+/// directly. A tile key is in exactly one of the two places.
 #[derive(Default)]
 pub struct Tiler {
     interner: HashMap<Box<[u8]>, u32, FixedState>,
     entities: Vec<Box<[u8]>>,
-    tiles: HashMap<(u32, u32, i64, i64), TileAgg, FixedState>,
+    slot_of: HashMap<(u32, u32), u32, FixedState>,
+    slots: Vec<Slot>,
+    open: Vec<(i64, TileAgg)>,
+    spill: HashMap<(u32, u32, i64, i64), TileAgg, FixedState>,
+    feature_sizes: HashMap<u32, Vec<i64>, FixedState>,
     updates: u64,
 }
+
+/// Sentinel for "no value" in the per-batch entity id cache.
+const NO_ENTITY: u32 = u32::MAX;
 
 impl Tiler {
     pub fn new() -> Self {
@@ -66,31 +85,62 @@ impl Tiler {
     /// Updates whose event has no value in the feature's entity field are
     /// returned as rejections (the rest are applied).
     pub fn apply(&mut self, defs: &[FeatureDef], events: &EventBatch, updates: &UpdateBatch) -> Vec<UpdateRejection> {
-        let entity_cols: Vec<_> = defs.iter().map(|d| column(events, &d.spec.entity_field)).collect();
+        // Intern each entity column once per batch, shared by the features that use it.
+        let mut columns: Vec<(&str, Vec<u32>)> = Vec::new();
+        let mut col_of_def = Vec::with_capacity(defs.len());
+        for d in defs {
+            let name = d.spec.entity_field.as_str();
+            let idx = match columns.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    let ids = match column(events, name) {
+                        Some(c) => (0..events.len as usize).map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.intern(e))).collect(),
+                        None => Vec::new(),
+                    };
+                    columns.push((name, ids));
+                    columns.len() - 1
+                }
+            };
+            col_of_def.push(idx);
+        }
         let mut rejections = Vec::new();
         for i in 0..updates.row.len() {
             let (f, row, value) = (updates.feature[i] as usize, updates.row[i] as usize, updates.value[i]);
             let def = &defs[f];
-            let Some(entity) = entity_cols[f].and_then(|c| utf8_at(c, row)) else {
+            let entity = columns[col_of_def[f]].1.get(row).copied().unwrap_or(NO_ENTITY);
+            if entity == NO_ENTITY {
                 rejections.push(UpdateRejection {
                     row: row as u32,
                     reason: format!("feature `{}`: event has no `{}` (entity field)", def.spec.name, def.spec.entity_field),
                 });
                 continue;
-            };
-            let entity = self.intern(entity);
+            }
             let t = events.event_time[row];
-            for &size in &def.sizes_ms {
-                self.tiles.entry((def.id, entity, size, tile_start(t, size))).or_insert(TileAgg::EMPTY).add(value, t);
+            let next_slot = self.slots.len() as u32;
+            let slot = *self.slot_of.entry((def.id, entity)).or_insert(next_slot);
+            if slot == next_slot {
+                self.feature_sizes.entry(def.id).or_insert_with(|| def.sizes_ms.clone());
+                self.slots.push(Slot { feature_id: def.id, entity, base: self.open.len() as u32 });
+                self.open.extend(def.sizes_ms.iter().map(|_| (i64::MIN, TileAgg::EMPTY)));
+            }
+            let base = self.slots[slot as usize].base as usize;
+            for (k, &size) in def.sizes_ms.iter().enumerate() {
+                let start = tile_start(t, size);
+                let cell = &mut self.open[base + k];
+                if cell.0 == start {
+                    cell.1.add(value, t);
+                } else if start > cell.0 {
+                    if cell.1.count > 0 {
+                        self.spill.entry((def.id, entity, size, cell.0)).or_insert(TileAgg::EMPTY).merge(&cell.1);
+                    }
+                    *cell = (start, TileAgg::of(value, t));
+                } else {
+                    self.spill.entry((def.id, entity, size, start)).or_insert(TileAgg::EMPTY).add(value, t);
+                }
             }
             self.updates += 1;
         }
         rejections
-    }
-
-    /// Tiles touched since the last drain.
-    pub fn dirty_tiles(&self) -> usize {
-        self.tiles.len()
     }
 
     /// Updates applied since the last drain.
@@ -100,12 +150,23 @@ impl Tiler {
 
     /// Takes every delta, sorted by key, and resets the state.
     pub fn drain(&mut self) -> Vec<TileDelta> {
-        let entities = std::mem::take(&mut self.entities);
+        let mut spill = std::mem::take(&mut self.spill);
+        for slot in self.slots.drain(..) {
+            let sizes = &self.feature_sizes[&slot.feature_id];
+            for (k, &size) in sizes.iter().enumerate() {
+                let (start, agg) = &self.open[slot.base as usize + k];
+                if agg.count > 0 {
+                    spill.entry((slot.feature_id, slot.entity, size, *start)).or_insert(TileAgg::EMPTY).merge(agg);
+                }
+            }
+        }
+        self.open.clear();
+        self.slot_of.clear();
         self.interner.clear();
         self.updates = 0;
-        let mut out: Vec<TileDelta> = self
-            .tiles
-            .drain()
+        let entities = std::mem::take(&mut self.entities);
+        let mut out: Vec<TileDelta> = spill
+            .into_iter()
             .map(|((feature_id, e, size_ms, start), agg)| TileDelta {
                 feature_id,
                 entity: entities[e as usize].clone(),
@@ -116,5 +177,101 @@ impl Tiler {
             .collect();
         out.sort_by(|a, b| (a.feature_id, &a.entity, a.size_ms, a.start).cmp(&(b.feature_id, &b.entity, b.size_ms, b.start)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{BytesColumn, Column, ColumnValues};
+
+    fn def(id: u32, sizes: &[i64]) -> FeatureDef {
+        FeatureDef {
+            id,
+            plugin: "p".into(),
+            spec: FeatureSpec {
+                name: format!("f{id}"),
+                entity_field: "k".into(),
+                aggregation: crate::record::Aggregation::Sum,
+                tile_sizes_secs: vec![],
+                retention_secs: 0,
+                windows_secs: vec![],
+            },
+            sizes_ms: sizes.to_vec(),
+        }
+    }
+
+    /// Random out-of-order updates, drained at random points, equal a brute-force fold.
+    #[test]
+    fn deltas_equal_brute_force_over_out_of_order_updates() {
+        let defs = [def(0, &[10, 100]), def(1, &[30])];
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut tiler = Tiler::new();
+        let mut merged: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> = Default::default();
+        let mut brute: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> = Default::default();
+        for round in 0..40 {
+            let n = 50;
+            let keys: Vec<String> = (0..n).map(|_| format!("e{}", rnd(7))).collect();
+            let times: Vec<i64> = (0..n).map(|i| round * 40 + i as i64 - rnd(60) as i64).collect();
+            let mut present = vec![1u8; n];
+            present[3] = 0;
+            let events = EventBatch {
+                len: n as u32,
+                source_row: (0..n as u32).collect(),
+                event_time: times.clone(),
+                event_type: vec![0; n],
+                type_names: vec!["t".into()],
+                columns: vec![Column {
+                    name: "k".into(),
+                    present: present.clone(),
+                    values: ColumnValues::Utf8(BytesColumn {
+                        data: keys.concat().into_bytes(),
+                        offsets: std::iter::once(0).chain(keys.iter().scan(0u32, |o, k| { *o += k.len() as u32; Some(*o) })).collect(),
+                    }),
+                }],
+            };
+            let mut updates = UpdateBatch { feature: vec![], row: vec![], value: vec![] };
+            for row in 0..n {
+                for f in 0..2u16 {
+                    if rnd(3) > 0 {
+                        updates.feature.push(f);
+                        updates.row.push(row as u32);
+                        updates.value.push(rnd(100) as f64 - 50.0);
+                    }
+                }
+            }
+            let rejected = tiler.apply(&defs, &events, &updates);
+            assert!(rejected.iter().all(|r| r.row == 3));
+            for i in 0..updates.row.len() {
+                let row = updates.row[i] as usize;
+                if row == 3 {
+                    continue;
+                }
+                let d = &defs[updates.feature[i] as usize];
+                for &size in &d.sizes_ms {
+                    let key = (d.id, keys[row].as_bytes().to_vec(), size, tile_start(times[row], size));
+                    brute.entry(key).or_insert(TileAgg::EMPTY).add(updates.value[i], times[row]);
+                }
+            }
+            if rnd(4) == 0 {
+                for d in tiler.drain() {
+                    merged.entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start)).or_insert(TileAgg::EMPTY).merge(&d.agg);
+                }
+            }
+        }
+        for d in tiler.drain() {
+            merged.entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start)).or_insert(TileAgg::EMPTY).merge(&d.agg);
+        }
+        assert_eq!(merged.len(), brute.len());
+        for (k, want) in &brute {
+            let got = &merged[k];
+            assert_eq!(got, want, "{k:?}");
+        }
     }
 }

@@ -163,6 +163,8 @@ impl JsonParser {
                 de.deserialize_seq_objects(self, row, out)?;
                 de.end().map_err(|e| format!("invalid JSON: {e}"))
             }
+            // One object per payload, the common case: no extra pass over the bytes.
+            Some(_) if !payload.contains(&b'\n') => self.parse_object(row, payload, out),
             Some(_) => {
                 let mut any = false;
                 for (n, line) in payload.split(|b| *b == b'\n').enumerate() {

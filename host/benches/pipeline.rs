@@ -134,7 +134,38 @@ fn run_once(lines: &[Vec<u8>], plugins: &mut Plugins, specs: &[hb::FeatureSpec],
     tile_writes += deltas.len() as u64;
     store.commit(&Checkpoint { pipeline: "bench".into(), deltas, positions: vec![] }).unwrap();
     split.store += t.elapsed();
+    if matches!(plugins, Plugins::Native { .. }) && !READS_DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        measure_reads(&store, &stored, &ids);
+    }
     (split, updates_total, tile_writes)
+}
+
+static READS_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Serving-style window queries against the store just written: 2h windows
+/// (tiles of all three sizes) for random posts and users, p50 and p99.
+fn measure_reads(store: &EmbeddedStore, stored: &[StoredFeature], ids: &[u32]) {
+    let mut x: u64 = 0xD1B54A32D192ED03;
+    let mut lat = Vec::new();
+    for i in 0..4000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (f, entity) = if i % 2 == 0 { (0, format!("post-{}", x % 1000)) } else { (2, format!("user-{}", x % 10_000)) };
+        let mut feature = stored[f].clone();
+        feature.id = ids[f];
+        let at = 1_795_392_000_000 + (x % 3_600_000) as i64;
+        let t = Instant::now();
+        let a = tessera::api::query::answer(store, &feature, &entity, 2 * 3_600_000, at).unwrap();
+        lat.push(t.elapsed());
+        std::hint::black_box(a);
+    }
+    lat.sort();
+    println!(
+        "window reads on the store just written (2h windows, 3 tile sizes, 4000 queries): p50 {:?}, p99 {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
 }
 
 /// Moves a host batch into the SDK's types (same field types: no copy).

@@ -25,7 +25,8 @@ pub struct FeatureDef {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TileDelta {
     pub feature_id: u32,
-    pub entity: Box<[u8]>,
+    /// Shared by every delta of the same entity in one drain.
+    pub entity: std::sync::Arc<[u8]>,
     pub size_ms: i64,
     pub start: i64,
     pub agg: TileAgg,
@@ -148,7 +149,9 @@ impl Tiler {
         self.updates
     }
 
-    /// Takes every delta, sorted by key, and resets the state.
+    /// Takes every delta and resets the state. Deltas come sorted by
+    /// (feature id, entity length, entity bytes, tile size, tile start) —
+    /// the embedded store's key order — using integer comparisons only.
     pub fn drain(&mut self) -> Vec<TileDelta> {
         let mut spill = std::mem::take(&mut self.spill);
         for slot in self.slots.drain(..) {
@@ -164,19 +167,30 @@ impl Tiler {
         self.slot_of.clear();
         self.interner.clear();
         self.updates = 0;
-        let entities = std::mem::take(&mut self.entities);
-        let mut out: Vec<TileDelta> = spill
+        let entities: Vec<std::sync::Arc<[u8]>> = std::mem::take(&mut self.entities).into_iter().map(Into::into).collect();
+        // Rank entities by (length, bytes) once, then sort tiles by integers.
+        let mut order: Vec<u32> = (0..entities.len() as u32).collect();
+        order.sort_unstable_by(|a, b| {
+            let (x, y) = (&entities[*a as usize], &entities[*b as usize]);
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        });
+        let mut rank = vec![0u32; entities.len()];
+        for (r, e) in order.iter().enumerate() {
+            rank[*e as usize] = r as u32;
+        }
+        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> =
+            spill.into_iter().map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)).collect();
+        tiles.sort_unstable_by_key(|(k, _)| *k);
+        tiles
             .into_iter()
-            .map(|((feature_id, e, size_ms, start), agg)| TileDelta {
+            .map(|((feature_id, r, size_ms, start), agg)| TileDelta {
                 feature_id,
-                entity: entities[e as usize].clone(),
+                entity: entities[order[r as usize] as usize].clone(),
                 size_ms,
                 start,
                 agg,
             })
-            .collect();
-        out.sort_by(|a, b| (a.feature_id, &a.entity, a.size_ms, a.start).cmp(&(b.feature_id, &b.entity, b.size_ms, b.start)));
-        out
+            .collect()
     }
 }
 

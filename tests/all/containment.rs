@@ -169,6 +169,9 @@ fn bad_components_are_rejected_at_load_with_a_reason() {
     let ok = rt.load_feature(&src(misbehave, "{}")).unwrap();
     assert_eq!(ok.specs()[0].name, "misbehave_count");
     assert_eq!(ok.meta().version.len(), 12);
+    // The README's 25-line example plugin is a working component too.
+    let likes = rt.load_feature(&src(std::fs::read(support::plugin("likes_counter")).unwrap(), "")).unwrap();
+    assert_eq!(likes.specs()[0].tile_sizes_secs, vec![60, 1800, 86400]);
 }
 
 #[test]

@@ -272,3 +272,67 @@ impl Source for FileSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::bytes_at;
+    use crate::stores::{Checkpoint, EmbeddedStore};
+
+    fn payloads(b: &SourceBatch) -> Vec<String> {
+        (0..b.raw.offsets.len()).map(|i| String::from_utf8_lossy(bytes_at(&b.raw.payloads, i).unwrap()).into_owned()).collect()
+    }
+
+    #[test]
+    fn ndjson_lines_resume_from_the_committed_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.ndjson");
+        std::fs::write(&input, "a\n\nb\r\nc\nd\ne").unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let mut src = FileSource::open(&input, FileFormat::Auto, &store, "p").unwrap();
+        let b = src.next_batch(2).unwrap().unwrap();
+        assert_eq!(payloads(&b), vec!["a", "b"]);
+        assert_eq!(b.raw.offsets, vec![1, 3], "offsets are line numbers; the blank line is skipped");
+        store.commit(&Checkpoint { pipeline: "p".into(), deltas: vec![], positions: src.positions() }).unwrap();
+        // Read further without committing: a restart must not skip these.
+        assert_eq!(payloads(&src.next_batch(2).unwrap().unwrap()), vec!["c", "d"]);
+        let mut again = FileSource::open(&input, FileFormat::Auto, &store, "p").unwrap();
+        let b = again.next_batch(10).unwrap().unwrap();
+        assert_eq!(payloads(&b), vec!["c", "d", "e"]);
+        assert_eq!(b.raw.offsets, vec![4, 5, 6]);
+        assert!(again.next_batch(10).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_over_long_line_is_a_read_error_and_the_next_lines_still_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("big.ndjson");
+        let mut text = b"first\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + 10));
+        text.extend_from_slice(b"\nlast\n");
+        std::fs::write(&input, text).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let mut src = FileSource::open(&input, FileFormat::Ndjson, &store, "p").unwrap();
+        let mut got = Vec::new();
+        let mut errors = Vec::new();
+        while let Some(b) = src.next_batch(10).unwrap() {
+            got.extend(payloads(&b));
+            errors.extend(b.read_errors);
+        }
+        assert_eq!(got, vec!["first", "last"]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].offset, 2);
+        assert!(errors[0].reason.contains("longer than"));
+        assert_eq!(errors[0].payload.len(), DEAD_LETTER_SNIPPET);
+    }
+
+    #[test]
+    fn a_missing_path_or_empty_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        assert!(FileSource::open(&dir.path().join("nope.ndjson"), FileFormat::Auto, &store, "p").is_err());
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(matches!(FileSource::open(&empty, FileFormat::Auto, &store, "p"), Err(PipelineError::Source(SourceError::NoFiles(_)))));
+    }
+}

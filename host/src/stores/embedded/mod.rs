@@ -83,26 +83,27 @@ fn write_run(
     run_table: &mut redb::Table<u64, u64>,
     blocks: &mut redb::Table<&[u8], &[u8]>,
     id: u64,
-    entries: &[runs::Entry],
+    encoded: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: u64,
 ) -> Result<(), StoreError> {
-    for (first, block) in runs::encode_blocks(entries) {
-        let mut key = id.to_be_bytes().to_vec();
+    let mut key = Vec::with_capacity(80);
+    for (first, block) in encoded {
+        key.clear();
+        key.extend_from_slice(&id.to_be_bytes());
         key.extend_from_slice(&first);
         blocks.insert(key.as_slice(), block.as_slice()).map_err(store_err)?;
     }
-    run_table.insert(id, entries.len() as u64).map_err(store_err)?;
+    run_table.insert(id, entries).map_err(store_err)?;
     Ok(())
 }
 
-fn read_run(blocks: &redb::Table<&[u8], &[u8]>, id: u64) -> Result<Vec<runs::Entry>, StoreError> {
+fn read_run(blocks: &redb::Table<&[u8], &[u8]>, id: u64) -> Result<runs::RunCursor, StoreError> {
     let (lo, hi) = (id.to_be_bytes(), (id + 1).to_be_bytes());
     let mut out = Vec::new();
     for r in blocks.range(lo.as_slice()..hi.as_slice()).map_err(store_err)? {
-        let (_, v) = r.map_err(store_err)?;
-        let block = runs::decode_block(v.value()).ok_or_else(|| StoreError::Corrupt { what: "tile block", message: format!("run {id}") })?;
-        out.extend(block.into_iter().map(|(k, a)| (k.to_vec(), a)));
+        out.push(r.map_err(store_err)?.1.value().to_vec());
     }
-    Ok(out)
+    runs::RunCursor::new(out).ok_or_else(|| StoreError::Corrupt { what: "tile block", message: format!("run {id}") })
 }
 
 impl TileStore for EmbeddedStore {
@@ -160,17 +161,36 @@ impl TileStore for EmbeddedStore {
     }
 
     fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-        let entries: Vec<runs::Entry> = cp
-            .deltas
-            .iter()
-            .map(|d| {
-                let mut key = Vec::with_capacity(24 + d.entity.len());
-                tile_prefix(d.feature_id, &d.entity, d.size_ms, &mut key);
-                key.extend_from_slice(&encode_start(d.start));
-                (key, d.agg)
-            })
-            .collect();
-        let entries = runs::sort_entries(entries);
+        // Deltas usually come in key order (the tiler drains that way): encode
+        // them straight into blocks; otherwise sort first.
+        let mut fresh = runs::BlockWriter::new();
+        let mut key = Vec::with_capacity(64);
+        let mut in_order = true;
+        for d in &cp.deltas {
+            tile_prefix(d.feature_id, &d.entity, d.size_ms, &mut key);
+            key.extend_from_slice(&encode_start(d.start));
+            if !fresh.push(&key, &d.agg) {
+                in_order = false;
+                break;
+            }
+        }
+        if !in_order {
+            let entries: Vec<runs::Entry> = cp
+                .deltas
+                .iter()
+                .map(|d| {
+                    let mut key = Vec::with_capacity(24 + d.entity.len());
+                    tile_prefix(d.feature_id, &d.entity, d.size_ms, &mut key);
+                    key.extend_from_slice(&encode_start(d.start));
+                    (key, d.agg)
+                })
+                .collect();
+            fresh = runs::BlockWriter::new();
+            for (k, a) in runs::sort_entries(entries) {
+                fresh.push(&k, &a);
+            }
+        }
+        let (fresh_blocks, fresh_entries) = fresh.finish();
         let tx = self.db.begin_write().map_err(store_err)?;
         {
             let mut run_table = tx.open_table(RUNS).map_err(store_err)?;
@@ -180,10 +200,10 @@ impl TileStore for EmbeddedStore {
                 let (id, n) = row.map_err(store_err)?;
                 live.push((id.value(), n.value()));
             }
-            if !entries.is_empty() {
+            if fresh_entries > 0 {
                 let id = live.last().map_or(0, |(id, _)| id + 1);
-                write_run(&mut run_table, &mut blocks, id, &entries)?;
-                live.push((id, entries.len() as u64));
+                write_run(&mut run_table, &mut blocks, id, fresh_blocks, fresh_entries)?;
+                live.push((id, fresh_entries));
             }
             loop {
                 let sizes: Vec<u64> = live.iter().map(|(_, n)| *n).collect();
@@ -192,18 +212,20 @@ impl TileStore for EmbeddedStore {
                     break;
                 }
                 let merging = live.split_off(live.len() - k);
-                let mut contents = Vec::with_capacity(k);
+                let mut cursors = Vec::with_capacity(k);
                 for (id, _) in &merging {
-                    contents.push(read_run(&blocks, *id)?);
+                    cursors.push(read_run(&blocks, *id)?);
                     let (lo, hi) = (id.to_be_bytes(), (id + 1).to_be_bytes());
                     blocks.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false).map_err(store_err)?;
                     run_table.remove(*id).map_err(store_err)?;
                 }
-                let merged = runs::merge_runs(contents);
+                let mut merged = runs::BlockWriter::new();
+                runs::merge_cursors(cursors, &mut merged);
+                let (merged_blocks, merged_entries) = merged.finish();
                 // The merged run takes the oldest id, so it still reads before anything newer.
                 let id = merging[0].0;
-                write_run(&mut run_table, &mut blocks, id, &merged)?;
-                live.push((id, merged.len() as u64));
+                write_run(&mut run_table, &mut blocks, id, merged_blocks, merged_entries)?;
+                live.push((id, merged_entries));
             }
             let mut positions = tx.open_table(POSITIONS).map_err(store_err)?;
             for (source, pos) in &cp.positions {

@@ -26,7 +26,127 @@ const MAX_RUNS: usize = 16;
 /// One (key, tile) entry of a run.
 pub type Entry = (Vec<u8>, TileAgg);
 
-/// Splits sorted entries into encoded blocks, each with its first key.
+/// Encodes a sorted stream of entries into blocks, merging equal
+/// consecutive keys (in arrival order), without an allocation per entry.
+#[derive(Default)]
+pub struct BlockWriter {
+    blocks: Vec<(Vec<u8>, Vec<u8>)>,
+    block: Vec<u8>,
+    first: Vec<u8>,
+    pending_key: Vec<u8>,
+    pending: Option<TileAgg>,
+    entries: u64,
+}
+
+impl BlockWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry; keys must come in ascending order (equal keys merge).
+    /// Returns false, adding nothing, when `key` is smaller than the last one.
+    pub fn push(&mut self, key: &[u8], agg: &TileAgg) -> bool {
+        if let Some(p) = self.pending.as_mut() {
+            match key.cmp(self.pending_key.as_slice()) {
+                std::cmp::Ordering::Equal => {
+                    p.merge(agg);
+                    return true;
+                }
+                std::cmp::Ordering::Less => return false,
+                std::cmp::Ordering::Greater => self.flush_pending(),
+            }
+        }
+        self.pending_key.clear();
+        self.pending_key.extend_from_slice(key);
+        self.pending = Some(*agg);
+        true
+    }
+
+    fn flush_pending(&mut self) {
+        let Some(agg) = self.pending.take() else { return };
+        if self.block.len() >= BLOCK_BYTES {
+            let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 256));
+            self.blocks.push((std::mem::take(&mut self.first), block));
+        }
+        if self.block.is_empty() {
+            self.first.clear();
+            self.first.extend_from_slice(&self.pending_key);
+        }
+        self.block.extend_from_slice(&(self.pending_key.len() as u16).to_le_bytes());
+        self.block.extend_from_slice(&self.pending_key);
+        self.block.extend_from_slice(&agg.encode());
+        self.entries += 1;
+    }
+
+    /// The blocks (first key, bytes) and the number of entries.
+    pub fn finish(mut self) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+        self.flush_pending();
+        if !self.block.is_empty() {
+            self.blocks.push((self.first, self.block));
+        }
+        (self.blocks, self.entries)
+    }
+}
+
+/// Walks the entries of one run's blocks in order.
+pub struct RunCursor {
+    blocks: Vec<Vec<u8>>,
+    block: usize,
+    offset: usize,
+}
+
+impl RunCursor {
+    /// Fails when a block is malformed.
+    pub fn new(blocks: Vec<Vec<u8>>) -> Option<Self> {
+        if blocks.iter().any(|b| decode_block(b).is_none()) {
+            return None;
+        }
+        Some(RunCursor { blocks, block: 0, offset: 0 })
+    }
+
+    /// The current entry (blocks were checked in `new`).
+    pub fn peek(&self) -> Option<(&[u8], TileAgg)> {
+        let b = self.blocks.get(self.block)?;
+        let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
+        let key = &b[self.offset + 2..self.offset + 2 + len];
+        let agg = TileAgg::decode(&b[self.offset + 2 + len..self.offset + 2 + len + TileAgg::ENCODED_LEN])?;
+        Some((key, agg))
+    }
+
+    pub fn advance(&mut self) {
+        let Some(b) = self.blocks.get(self.block) else { return };
+        let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
+        self.offset += 2 + len + TileAgg::ENCODED_LEN;
+        if self.offset >= b.len() {
+            self.block += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// Merges runs given oldest first into `out`; on equal keys the older run's
+/// entry goes first, so a newer `last` wins a tie.
+pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) {
+    loop {
+        let mut best: Option<usize> = None;
+        for i in 0..runs.len() {
+            if let Some((k, _)) = runs[i].peek() {
+                if best.is_none_or(|b| k < runs[b].peek().expect("best has an entry").0) {
+                    best = Some(i);
+                }
+            }
+        }
+        let Some(i) = best else { break };
+        let (key, agg) = runs[i].peek().expect("peeked");
+        let pushed = out.push(key, &agg);
+        debug_assert!(pushed, "runs are sorted");
+        runs[i].advance();
+    }
+}
+
+/// Splits sorted entries into encoded blocks, each with its first key (the
+/// simple reference the tests check [`BlockWriter`] against).
+#[cfg(test)]
 pub fn encode_blocks(entries: &[Entry]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut blocks = Vec::new();
     let mut block = Vec::with_capacity(BLOCK_BYTES + 256);
@@ -63,7 +183,9 @@ pub fn decode_block(block: &[u8]) -> Option<Vec<(&[u8], TileAgg)>> {
 }
 
 /// Merges sorted runs, given oldest first, into one sorted run in one pass;
-/// equal keys merge in run order (a newer `last` wins a tie).
+/// equal keys merge in run order (a newer `last` wins a tie). The in-memory
+/// reference the tests check [`merge_cursors`] against.
+#[cfg(test)]
 pub fn merge_runs(mut runs: Vec<Vec<Entry>>) -> Vec<Entry> {
     let total = runs.iter().map(Vec::len).sum();
     let mut out: Vec<Entry> = Vec::with_capacity(total);
@@ -177,5 +299,39 @@ mod tests {
         }
         // Each entry is rewritten a logarithmic number of times.
         assert!(rewritten / 100_000 <= 8, "{rewritten}");
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn writer_and_cursor_merge_like_merge_runs() {
+        let run = |seed: u64, n: usize| -> Vec<Entry> {
+            let mut x = seed;
+            let mut v: Vec<Entry> = (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (format!("k{:05}", x % 3000).into_bytes(), TileAgg::of(i as f64, (x % 7) as i64))
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            sort_entries(v)
+        };
+        let runs = vec![run(1, 2000), run(2, 500), run(3, 3000)];
+        let want = merge_runs(runs.clone());
+        let cursors = runs.iter().map(|r| RunCursor::new(encode_blocks(r).into_iter().map(|(_, b)| b).collect()).unwrap()).collect();
+        let mut w = BlockWriter::new();
+        merge_cursors(cursors, &mut w);
+        let (blocks, n) = w.finish();
+        let got: Vec<Entry> = blocks.iter().flat_map(|(_, b)| decode_block(b).unwrap().into_iter().map(|(k, a)| (k.to_vec(), a))).collect();
+        assert_eq!(n as usize, got.len());
+        assert_eq!(got, want);
+        let mut w = BlockWriter::new();
+        assert!(w.push(b"b", &TileAgg::of(1.0, 1)));
+        assert!(!w.push(b"a", &TileAgg::of(1.0, 1)), "out of order is refused");
     }
 }

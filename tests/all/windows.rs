@@ -107,3 +107,43 @@ fn late_events_follow_the_late_handler_policy() {
     assert!(side_rows[0]["reason"].as_str().unwrap().contains("behind the watermark"));
     check_windows(store.as_ref(), &accepted, 5, 300);
 }
+
+#[test]
+fn a_failing_late_handler_dead_letters_only_the_late_events() {
+    for mode in ["trap", "short"] {
+        let dir = tempfile::tempdir().unwrap();
+        let events = support::events(13, 3_000, 3_600_000, 1_000, Some((100, 20 * 60_000)));
+        let input = dir.path().join("events.ndjson");
+        support::write_ndjson(&input, &events);
+        let late = format!(
+            "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"bad-late\"\npath = \"{}\"\nconfig = \"{mode}\"\nquarantine = {{ after_consecutive_failures = 1000 }}",
+            support::plugin("misbehave_late").display()
+        );
+        let (store, stats) = run(&support::config(dir.path(), &input, "", &late));
+        // Oracle: the events behind the watermark (per 256-record batch) are exactly the dead letters.
+        let (mut accepted, mut late_rows, mut max_seen) = (Vec::new(), Vec::new(), i64::MIN);
+        for (b, batch) in events.chunks(256).enumerate() {
+            let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
+            for (i, e) in batch.iter().enumerate() {
+                match wm {
+                    Some(wm) if e.ts < wm => late_rows.push((b * 256 + i + 1) as i64),
+                    _ => accepted.push(e.clone()),
+                }
+            }
+            max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
+        }
+        assert!(late_rows.len() >= 20, "{mode}: {}", late_rows.len());
+        let dead = support::read_ndjson(&dir.path().join("dead-letter.ndjson"));
+        let offsets: Vec<i64> = dead.iter().map(|d| d["offset"].as_i64().unwrap()).collect();
+        assert_eq!(offsets, late_rows, "{mode}");
+        assert!(dead.iter().all(|d| d["stage"] == "late" && d["plugin"] == "bad-late"), "{mode}");
+        let reason = dead[0]["reason"].as_str().unwrap();
+        match mode {
+            "trap" => assert!(reason.contains("late handler trap on purpose"), "{reason}"),
+            _ => assert!(reason.contains("decisions for"), "{reason}"),
+        }
+        assert_eq!((stats.late_accepted, stats.late_dropped, stats.late_side_output), (0, 0, 0), "{mode}");
+        assert_eq!(stats.events_out, accepted.len() as u64);
+        check_windows(store.as_ref(), &accepted, 17, 100);
+    }
+}

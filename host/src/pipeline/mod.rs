@@ -382,7 +382,8 @@ impl Pipeline {
                         self.dead_letter(Stage::Late, Some(&meta), &err.to_string(), raw, row)?;
                     }
                 }
-                vec![LateDecision::Drop; late_rows.len()]
+                let keep: Vec<u32> = (0..events.len).filter(|r| events.event_time[*r as usize] >= wm).collect();
+                return Ok(select_events(&events, &keep));
             }
         };
         let mut rejected = vec![false; events.len as usize];

@@ -15,6 +15,7 @@
 //! for its record; so is malformed JSON. Fields not in the mapping are skipped
 //! without being decoded.
 
+mod flat;
 mod rfc3339;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -180,6 +181,14 @@ impl JsonParser {
     }
 
     fn parse_object(&self, row: usize, text: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
+        if flat::parse_flat(self, row, text, &mut out.events).is_some() {
+            return Ok(());
+        }
+        self.parse_object_serde(row, text, out)
+    }
+
+    /// The general path: serde_json, any valid JSON, exact error messages.
+    fn parse_object_serde(&self, row: usize, text: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
         let mut de = serde_json::Deserializer::from_slice(text);
         ObjectSeed { parser: self, row, out }.deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))??;
         de.end().map_err(|e| format!("invalid JSON: {e}"))
@@ -258,60 +267,79 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                 continue;
             };
             let value = map.next_value_seed(ValueSeed)?;
-            let r = match slot {
-                Slot::Time => value.to_time(p.time_format).map(|t| time = Some(t)),
-                Slot::Type => match value {
-                    Value::Str(s) => events.event_type_bytes(s.as_bytes()).map(|t| ty = Some(t)).ok_or_else(|| "bad type".to_string()),
-                    Value::Null => Ok(()),
-                    _ => Err(format!("field `{}` must be a string", p.type_field)),
-                },
-                Slot::Text(col) => match value {
-                    Value::Str(s) => Ok(events.set_str(col, &s)),
-                    Value::Int(i) => Ok(events.set_str(col, &i.to_string())),
-                    Value::UInt(i) => Ok(events.set_str(col, &i.to_string())),
-                    Value::Float(f) => Ok(events.set_str(col, &f.to_string())),
-                    Value::Bool(b) => Ok(events.set_str(col, if b { "true" } else { "false" })),
-                    Value::Null => Ok(()),
-                    Value::Other => Err(format!("field `{}` must be a string or number", p.columns[col].0)),
-                },
-                Slot::Float(col) => match value.as_f64() {
-                    Some(f) => Ok(events.set_f64(col, f)),
-                    None if value.is_null() => Ok(()),
-                    None => Err(format!("field `{}` must be a number", p.columns[col].0)),
-                },
-                Slot::Int(col) => match value {
-                    Value::Int(i) => Ok(events.set_i64(col, i)),
-                    Value::UInt(u) if u <= i64::MAX as u64 => Ok(events.set_i64(col, u as i64)),
-                    Value::Null => Ok(()),
-                    _ => Err(format!("field `{}` must be an integer", p.columns[col].0)),
-                },
-                Slot::Bool(col) => match value {
-                    Value::Bool(b) => Ok(events.set_bool(col, b)),
-                    Value::Null => Ok(()),
-                    _ => Err(format!("field `{}` must be true or false", p.columns[col].0)),
-                },
-            };
+            let r = apply_slot(p, events, slot, value, &mut time, &mut ty);
             if let Err(e) = r {
                 problem.get_or_insert(e);
             }
         }
-        if problem.is_none() && ty.is_none() {
-            match &p.default_type {
-                Some(d) => ty = Some(events.event_type(d)),
-                None => problem = Some(format!("missing event type field `{}`", p.type_field)),
-            }
-        }
-        if problem.is_none() && time.is_none() {
-            problem = Some(format!("missing event time field `{}`", p.time_field));
-        }
-        if let Some(e) = problem {
-            events.cancel_event();
-            return Ok(Err(e));
-        }
-        events.set_event_time(time.unwrap_or_default());
-        events.set_event_type(ty.unwrap_or_default());
-        Ok(Ok(()))
+        Ok(finish_event(p, events, time, ty, problem))
     }
+}
+
+/// Stores one mapped field of the current event; an `Err` is a mapping
+/// problem (the wrong JSON type for the field).
+fn apply_slot(
+    p: &JsonParser,
+    events: &mut EventBatchBuilder,
+    slot: Slot,
+    value: Value<'_>,
+    time: &mut Option<i64>,
+    ty: &mut Option<u32>,
+) -> Result<(), String> {
+    match slot {
+        Slot::Time => value.to_time(p.time_format).map(|t| *time = Some(t)),
+        Slot::Type => match value {
+            Value::Str(s) => events.event_type_bytes(s.as_bytes()).map(|t| *ty = Some(t)).ok_or_else(|| "bad type".to_string()),
+            Value::Null => Ok(()),
+            _ => Err(format!("field `{}` must be a string", p.type_field)),
+        },
+        Slot::Text(col) => match value {
+            Value::Str(s) => Ok(events.set_str(col, &s)),
+            Value::Int(i) => Ok(events.set_str(col, &i.to_string())),
+            Value::UInt(i) => Ok(events.set_str(col, &i.to_string())),
+            Value::Float(f) => Ok(events.set_str(col, &f.to_string())),
+            Value::Bool(b) => Ok(events.set_str(col, if b { "true" } else { "false" })),
+            Value::Null => Ok(()),
+            Value::Other => Err(format!("field `{}` must be a string or number", p.columns[col].0)),
+        },
+        Slot::Float(col) => match value.as_f64() {
+            Some(f) => Ok(events.set_f64(col, f)),
+            None if value.is_null() => Ok(()),
+            None => Err(format!("field `{}` must be a number", p.columns[col].0)),
+        },
+        Slot::Int(col) => match value {
+            Value::Int(i) => Ok(events.set_i64(col, i)),
+            Value::UInt(u) if u <= i64::MAX as u64 => Ok(events.set_i64(col, u as i64)),
+            Value::Null => Ok(()),
+            _ => Err(format!("field `{}` must be an integer", p.columns[col].0)),
+        },
+        Slot::Bool(col) => match value {
+            Value::Bool(b) => Ok(events.set_bool(col, b)),
+            Value::Null => Ok(()),
+            _ => Err(format!("field `{}` must be true or false", p.columns[col].0)),
+        },
+    }
+}
+
+/// Completes the current event (type default, required time) or removes it
+/// and reports the first problem.
+fn finish_event(p: &JsonParser, events: &mut EventBatchBuilder, time: Option<i64>, mut ty: Option<u32>, mut problem: Option<String>) -> Result<(), String> {
+    if problem.is_none() && ty.is_none() {
+        match &p.default_type {
+            Some(d) => ty = Some(events.event_type(d)),
+            None => problem = Some(format!("missing event type field `{}`", p.type_field)),
+        }
+    }
+    if problem.is_none() && time.is_none() {
+        problem = Some(format!("missing event time field `{}`", p.time_field));
+    }
+    if let Some(e) = problem {
+        events.cancel_event();
+        return Err(e);
+    }
+    events.set_event_time(time.unwrap_or_default());
+    events.set_event_type(ty.unwrap_or_default());
+    Ok(())
 }
 
 /// Looks a key up in the mapping without allocating.

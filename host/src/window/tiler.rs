@@ -55,7 +55,9 @@ struct Slot {
 pub struct Tiler {
     interner: HashMap<Box<[u8]>, u32, FixedState>,
     entities: Vec<Box<[u8]>>,
-    slot_of: HashMap<(u32, u32), u32, FixedState>,
+    /// Per feature (by id): entity id → slot, `NO_SLOT` when none. Entity ids
+    /// are dense, so this is an index, not a hash lookup.
+    slot_of: HashMap<u32, Vec<u32>, FixedState>,
     slots: Vec<Slot>,
     open: Vec<(i64, TileAgg)>,
     spill: HashMap<(u32, u32, i64, i64), TileAgg, FixedState>,
@@ -65,6 +67,8 @@ pub struct Tiler {
 
 /// Sentinel for "no value" in the per-batch entity id cache.
 const NO_ENTITY: u32 = u32::MAX;
+/// Sentinel for "no open tiles yet" in `Tiler::slot_of`.
+const NO_SLOT: u32 = u32::MAX;
 
 impl Tiler {
     pub fn new() -> Self {
@@ -104,6 +108,8 @@ impl Tiler {
             };
             col_of_def.push(idx);
         }
+        // Take each feature's slot index out of the map once per batch.
+        let mut slot_index: Vec<Vec<u32>> = defs.iter().map(|d| self.slot_of.remove(&d.id).unwrap_or_default()).collect();
         let mut rejections = Vec::new();
         for i in 0..updates.row.len() {
             let (f, row, value) = (updates.feature[i] as usize, updates.row[i] as usize, updates.value[i]);
@@ -117,9 +123,14 @@ impl Tiler {
                 continue;
             }
             let t = events.event_time[row];
-            let next_slot = self.slots.len() as u32;
-            let slot = *self.slot_of.entry((def.id, entity)).or_insert(next_slot);
-            if slot == next_slot {
+            let index = &mut slot_index[f];
+            if index.len() <= entity as usize {
+                index.resize(self.entities.len().max(entity as usize + 1), NO_SLOT);
+            }
+            let mut slot = index[entity as usize];
+            if slot == NO_SLOT {
+                slot = self.slots.len() as u32;
+                index[entity as usize] = slot;
                 self.feature_sizes.entry(def.id).or_insert_with(|| def.sizes_ms.clone());
                 self.slots.push(Slot { feature_id: def.id, entity, base: self.open.len() as u32 });
                 self.open.extend(def.sizes_ms.iter().map(|_| (i64::MIN, TileAgg::EMPTY)));
@@ -141,6 +152,9 @@ impl Tiler {
             }
             self.updates += 1;
         }
+        for (d, index) in defs.iter().zip(slot_index) {
+            self.slot_of.insert(d.id, index);
+        }
         rejections
     }
 
@@ -153,20 +167,6 @@ impl Tiler {
     /// (feature id, entity length, entity bytes, tile size, tile start) —
     /// the embedded store's key order — using integer comparisons only.
     pub fn drain(&mut self) -> Vec<TileDelta> {
-        let mut spill = std::mem::take(&mut self.spill);
-        for slot in self.slots.drain(..) {
-            let sizes = &self.feature_sizes[&slot.feature_id];
-            for (k, &size) in sizes.iter().enumerate() {
-                let (start, agg) = &self.open[slot.base as usize + k];
-                if agg.count > 0 {
-                    spill.entry((slot.feature_id, slot.entity, size, *start)).or_insert(TileAgg::EMPTY).merge(agg);
-                }
-            }
-        }
-        self.open.clear();
-        self.slot_of.clear();
-        self.interner.clear();
-        self.updates = 0;
         let entities: Vec<std::sync::Arc<[u8]>> = std::mem::take(&mut self.entities).into_iter().map(Into::into).collect();
         // Rank entities by (length, bytes) once, then sort tiles by integers.
         let mut order: Vec<u32> = (0..entities.len() as u32).collect();
@@ -178,8 +178,23 @@ impl Tiler {
         for (r, e) in order.iter().enumerate() {
             rank[*e as usize] = r as u32;
         }
-        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> =
-            spill.into_iter().map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)).collect();
+        let spill = std::mem::take(&mut self.spill);
+        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> = Vec::with_capacity(spill.len() + self.open.len());
+        tiles.extend(spill.into_iter().map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)));
+        // Open tiles go straight in: a key is never both open and spilled.
+        for slot in self.slots.drain(..) {
+            let sizes = &self.feature_sizes[&slot.feature_id];
+            for (k, &size) in sizes.iter().enumerate() {
+                let (start, agg) = self.open[slot.base as usize + k];
+                if agg.count > 0 {
+                    tiles.push(((slot.feature_id, rank[slot.entity as usize], size, start), agg));
+                }
+            }
+        }
+        self.open.clear();
+        self.slot_of.clear();
+        self.interner.clear();
+        self.updates = 0;
         tiles.sort_unstable_by_key(|(k, _)| *k);
         tiles
             .into_iter()

@@ -53,8 +53,8 @@ struct Slot {
 /// directly. A tile key is in exactly one of the two places.
 #[derive(Default)]
 pub struct Tiler {
-    interner: HashMap<Box<[u8]>, u32, FixedState>,
-    entities: Vec<Box<[u8]>>,
+    interner: HashMap<std::sync::Arc<[u8]>, u32, FixedState>,
+    entities: Vec<std::sync::Arc<[u8]>>,
     /// Per feature (by id): entity id → slot, `NO_SLOT` when none. Entity ids
     /// are dense, so this is an index, not a hash lookup.
     slot_of: HashMap<u32, Vec<u32>, FixedState>,
@@ -81,8 +81,9 @@ impl Tiler {
             return *id;
         }
         let id = self.entities.len() as u32;
-        self.entities.push(entity.into());
-        self.interner.insert(entity.into(), id);
+        let bytes: std::sync::Arc<[u8]> = entity.into();
+        self.entities.push(bytes.clone());
+        self.interner.insert(bytes, id);
         id
     }
 
@@ -167,7 +168,7 @@ impl Tiler {
     /// (feature id, entity length, entity bytes, tile size, tile start) —
     /// the embedded store's key order — using integer comparisons only.
     pub fn drain(&mut self) -> Vec<TileDelta> {
-        let entities: Vec<std::sync::Arc<[u8]>> = std::mem::take(&mut self.entities).into_iter().map(Into::into).collect();
+        let entities = std::mem::take(&mut self.entities);
         // Rank entities by (length, bytes) once, then sort tiles by integers.
         let mut order: Vec<u32> = (0..entities.len() as u32).collect();
         order.sort_unstable_by(|a, b| {

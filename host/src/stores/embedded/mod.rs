@@ -67,7 +67,12 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                open_err("another process has it open (a running `tessera run` or `tessera serve`?); the embedded store is single-process".into())
+            }
+            e => open_err(e.to_string()),
+        })?;
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(RUNS).map_err(store_err)?;
         tx.open_table(BLOCKS).map_err(store_err)?;
@@ -328,6 +333,15 @@ mod tests {
         assert_eq!(store.register_features(&[feature("b", vec![60]), feature("c", vec![60])]).unwrap(), vec![1, 2]);
         assert!(matches!(store.register_features(&[feature("a", vec![60, 3600])]), Err(StoreError::FeatureConflict { .. })));
         assert_eq!(store.features().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let _first = EmbeddedStore::open(&path).unwrap();
+        let err = EmbeddedStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("another process has it open"), "{err}");
     }
 
     /// Many checkpoints (enough to trigger run merges) read back like a brute-force sum.

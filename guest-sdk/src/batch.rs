@@ -6,7 +6,10 @@ use crate::types::*;
 impl BytesColumn {
     /// An empty column (`offsets == [0]`).
     pub fn new() -> Self {
-        BytesColumn { data: Vec::new(), offsets: vec![0] }
+        BytesColumn {
+            data: Vec::new(),
+            offsets: vec![0],
+        }
     }
 
     /// A column holding `values`.
@@ -98,7 +101,8 @@ impl RawBatch {
     pub fn headers(&self, i: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
         let start = self.header_index.get(i).copied().unwrap_or(0) as usize;
         let end = self.header_index.get(i + 1).copied().unwrap_or(0) as usize;
-        (start..end.max(start)).filter_map(move |h| Some((self.header_names.get(h)?, self.header_values.get(h)?)))
+        (start..end.max(start))
+            .filter_map(move |h| Some((self.header_names.get(h)?, self.header_values.get(h)?)))
     }
 }
 
@@ -171,12 +175,18 @@ impl EventBatch {
 
     /// The column called `name`, if the batch has one.
     pub fn column(&self, name: &str) -> Option<ColumnRef<'_>> {
-        self.columns.iter().find(|c| c.name == name).map(|column| ColumnRef { column })
+        self.columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|column| ColumnRef { column })
     }
 
     /// The index in `type_names` of event type `name`, if any event has it.
     pub fn type_id(&self, name: &str) -> Option<u32> {
-        self.type_names.iter().position(|t| t == name).map(|i| i as u32)
+        self.type_names
+            .iter()
+            .position(|t| t == name)
+            .map(|i| i as u32)
     }
 
     /// The event type name of event `row`.
@@ -197,12 +207,23 @@ impl EventBatch {
                 self.event_type.len()
             ));
         }
-        if let Some(t) = self.event_type.iter().find(|t| **t as usize >= self.type_names.len()) {
-            return Err(format!("event type index {t} out of range ({} type names)", self.type_names.len()));
+        if let Some(t) = self
+            .event_type
+            .iter()
+            .find(|t| **t as usize >= self.type_names.len())
+        {
+            return Err(format!(
+                "event type index {t} out of range ({} type names)",
+                self.type_names.len()
+            ));
         }
         for c in &self.columns {
             if !c.present.is_empty() && c.present.len() != n {
-                return Err(format!("column `{}` has {} presence flags for {n} events", c.name, c.present.len()));
+                return Err(format!(
+                    "column `{}` has {} presence flags for {n} events",
+                    c.name,
+                    c.present.len()
+                ));
             }
             let values = match &c.values {
                 ColumnValues::Float64(v) => v.len(),
@@ -211,7 +232,9 @@ impl EventBatch {
                 ColumnValues::Utf8(b) => {
                     if b.offsets.first().is_some_and(|o| *o != 0)
                         || b.offsets.windows(2).any(|w| w[0] > w[1])
-                        || b.offsets.last().is_some_and(|o| *o as usize != b.data.len())
+                        || b.offsets
+                            .last()
+                            .is_some_and(|o| *o as usize != b.data.len())
                     {
                         return Err(format!("column `{}` has malformed offsets", c.name));
                     }
@@ -219,7 +242,10 @@ impl EventBatch {
                 }
             };
             if values != n {
-                return Err(format!("column `{}` has {values} values for {n} events", c.name));
+                return Err(format!(
+                    "column `{}` has {values} values for {n} events",
+                    c.name
+                ));
             }
         }
         Ok(())
@@ -272,9 +298,15 @@ impl EventBatchBuilder {
             ColumnType::Float64 => ColumnValues::Float64(vec![0.0; n]),
             ColumnType::Int64 => ColumnValues::Int64(vec![0; n]),
             ColumnType::Boolean => ColumnValues::Boolean(vec![false; n]),
-            ColumnType::Utf8 => ColumnValues::Utf8(BytesColumn::from_values(std::iter::repeat_n(b"", n))),
+            ColumnType::Utf8 => {
+                ColumnValues::Utf8(BytesColumn::from_values(std::iter::repeat_n(b"", n)))
+            }
         };
-        self.columns.push(Column { name: name.to_string(), present: vec![0; n], values });
+        self.columns.push(Column {
+            name: name.to_string(),
+            present: vec![0; n],
+            values,
+        });
         self.columns.len() - 1
     }
 
@@ -467,7 +499,11 @@ impl Updates {
 
     pub fn with_capacity(n: usize) -> Self {
         Updates {
-            batch: UpdateBatch { feature: Vec::with_capacity(n), row: Vec::with_capacity(n), value: Vec::with_capacity(n) },
+            batch: UpdateBatch {
+                feature: Vec::with_capacity(n),
+                row: Vec::with_capacity(n),
+                value: Vec::with_capacity(n),
+            },
         }
     }
 
@@ -508,7 +544,10 @@ impl ParseOutputBuilder {
 
     /// Records that raw record `row` could not be parsed, and why.
     pub fn error(&mut self, row: usize, reason: impl Into<String>) {
-        self.errors.push(RecordError { row: row as u32, reason: reason.into() });
+        self.errors.push(RecordError {
+            row: row as u32,
+            reason: reason.into(),
+        });
     }
 
     pub fn errors(&self) -> &[RecordError] {
@@ -516,11 +555,17 @@ impl ParseOutputBuilder {
     }
 
     pub fn finish(self) -> ParseOutput {
-        ParseOutput { events: self.events.finish(), errors: self.errors }
+        ParseOutput {
+            events: self.events.finish(),
+            errors: self.errors,
+        }
     }
 
     /// Takes the output so far, keeping columns for the next batch.
     pub fn take(&mut self) -> ParseOutput {
-        ParseOutput { events: self.events.take(), errors: std::mem::take(&mut self.errors) }
+        ParseOutput {
+            events: self.events.take(),
+            errors: std::mem::take(&mut self.errors),
+        }
     }
 }

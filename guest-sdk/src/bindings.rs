@@ -36,7 +36,9 @@ pub mod feature_world {
         runtime_path: "tessera_sdk::__private::wit_bindgen::rt",
     });
 
-    impl<T: crate::Feature> exports::tessera::plugin::feature::Guest for crate::glue::FeatureAdapter<T> {
+    impl<T: crate::Feature> exports::tessera::plugin::feature::Guest
+        for crate::glue::FeatureAdapter<T>
+    {
         fn init(config: String) -> Result<Vec<crate::FeatureSpec>, String> {
             Self::do_init(config)
         }
@@ -57,7 +59,9 @@ pub mod late_world {
         runtime_path: "tessera_sdk::__private::wit_bindgen::rt",
     });
 
-    impl<T: crate::LateHandler> exports::tessera::plugin::late_handler::Guest for crate::glue::LateAdapter<T> {
+    impl<T: crate::LateHandler> exports::tessera::plugin::late_handler::Guest
+        for crate::glue::LateAdapter<T>
+    {
         fn init(config: String) -> Result<(), String> {
             Self::do_init(config)
         }

@@ -12,7 +12,9 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 30m, 2h or 1d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30m, 2h or 1d"))?;
     let mult: u64 = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1000,
@@ -20,9 +22,14 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         "w" => 7 * 86_400_000,
-        other => return Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s, m, h, d or w)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}` (use ms, s, m, h, d or w)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("duration `{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration `{text}` is too large"))
 }
 
 #[cfg(test)]

@@ -18,10 +18,12 @@ fn set_state<T: 'static>(value: T) {
 }
 
 fn with_state<T: 'static, R>(missing: R, f: impl FnOnce(&mut T) -> R) -> R {
-    STATE.with(|s| match s.borrow_mut().as_mut().and_then(|b| b.downcast_mut::<T>()) {
-        Some(state) => f(state),
-        None => missing,
-    })
+    STATE.with(
+        |s| match s.borrow_mut().as_mut().and_then(|b| b.downcast_mut::<T>()) {
+            Some(state) => f(state),
+            None => missing,
+        },
+    )
 }
 
 const NOT_INITIALISED: &str = "plugin called before init";
@@ -77,7 +79,10 @@ impl<T: LateHandler> LateAdapter<T> {
 
     pub fn do_decide(batch: LateBatch) -> Vec<LateDecision> {
         let n = batch.events.len();
-        with_state::<T, _>(vec![LateDecision::SideOutput(NOT_INITIALISED.to_string()); n], |p| p.decide(&batch))
+        with_state::<T, _>(
+            vec![LateDecision::SideOutput(NOT_INITIALISED.to_string()); n],
+            |p| p.decide(&batch),
+        )
     }
 }
 

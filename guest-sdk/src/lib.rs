@@ -36,7 +36,7 @@ pub mod log;
 pub mod types;
 
 pub use batch::{ColumnRef, ColumnType, EventBatchBuilder, ParseOutputBuilder, Updates};
-pub use config::{parse_duration_secs, parse_duration_ms};
+pub use config::{parse_duration_ms, parse_duration_secs};
 pub use types::*;
 
 /// A parser plugin: raw records (bytes) to events.

@@ -62,22 +62,43 @@ impl Split {
 }
 
 /// The two ways of running the same plugin code.
+#[allow(clippy::large_enum_variant)]
 enum Plugins {
-    Wasm { parser: tessera::plugin::ParserPlugin, feature: tessera::plugin::FeaturePlugin },
-    Native { parser: json_parser::JsonParser, feature: windowed_counter::WindowedCounter },
+    Wasm {
+        parser: tessera::plugin::ParserPlugin,
+        feature: tessera::plugin::FeaturePlugin,
+    },
+    Native {
+        parser: json_parser::JsonParser,
+        feature: windowed_counter::WindowedCounter,
+    },
 }
 
 /// One run over all lines: (time split, updates, tile writes).
-fn run_once(lines: &[Vec<u8>], plugins: &mut Plugins, specs: &[hb::FeatureSpec], batch: usize, checkpoint: u64) -> (Split, u64, u64) {
+fn run_once(
+    lines: &[Vec<u8>],
+    plugins: &mut Plugins,
+    specs: &[hb::FeatureSpec],
+    batch: usize,
+    checkpoint: u64,
+) -> (Split, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("tiles.redb")).unwrap();
-    let stored: Vec<StoredFeature> = specs.iter().map(|s| StoredFeature::from_spec("counter", s)).collect();
+    let stored: Vec<StoredFeature> = specs
+        .iter()
+        .map(|s| StoredFeature::from_spec("counter", s))
+        .collect();
     let ids = store.register_features(&stored).unwrap();
     let defs: Vec<FeatureDef> = ids
         .iter()
         .zip(specs)
         .zip(&stored)
-        .map(|((id, spec), f)| FeatureDef { id: *id, plugin: "counter".into(), spec: spec.clone(), sizes_ms: f.sizes_ms() })
+        .map(|((id, spec), f)| FeatureDef {
+            id: *id,
+            plugin: "counter".into(),
+            spec: spec.clone(),
+            sizes_ms: f.sizes_ms(),
+        })
         .collect();
     let mut tiler = Tiler::new();
     let mut split = Split::default();
@@ -113,7 +134,14 @@ fn run_once(lines: &[Vec<u8>], plugins: &mut Plugins, specs: &[hb::FeatureSpec],
                 feature.process(&sdk_events, &mut u).unwrap();
                 let u = u.into_batch();
                 split.feature += t2.elapsed();
-                (from_sdk_events(sdk_events), hb::UpdateBatch { feature: u.feature, row: u.row, value: u.value })
+                (
+                    from_sdk_events(sdk_events),
+                    hb::UpdateBatch {
+                        feature: u.feature,
+                        row: u.row,
+                        value: u.value,
+                    },
+                )
             }
         };
         let t3 = Instant::now();
@@ -125,16 +153,30 @@ fn run_once(lines: &[Vec<u8>], plugins: &mut Plugins, specs: &[hb::FeatureSpec],
         if tiler.pending_updates() >= checkpoint {
             let deltas = tiler.drain();
             tile_writes += deltas.len() as u64;
-            store.commit(&Checkpoint { pipeline: "bench".into(), deltas, positions: vec![] }).unwrap();
+            store
+                .commit(&Checkpoint {
+                    pipeline: "bench".into(),
+                    deltas,
+                    positions: vec![],
+                })
+                .unwrap();
             split.store += t4.elapsed();
         }
     }
     let t = Instant::now();
     let deltas = tiler.drain();
     tile_writes += deltas.len() as u64;
-    store.commit(&Checkpoint { pipeline: "bench".into(), deltas, positions: vec![] }).unwrap();
+    store
+        .commit(&Checkpoint {
+            pipeline: "bench".into(),
+            deltas,
+            positions: vec![],
+        })
+        .unwrap();
     split.store += t.elapsed();
-    if matches!(plugins, Plugins::Native { .. }) && !READS_DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if matches!(plugins, Plugins::Native { .. })
+        && !READS_DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
         measure_reads(&store, &stored, &ids);
     }
     (split, updates_total, tile_writes)
@@ -151,7 +193,11 @@ fn measure_reads(store: &EmbeddedStore, stored: &[StoredFeature], ids: &[u32]) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let (f, entity) = if i % 2 == 0 { (0, format!("post-{}", x % 1000)) } else { (2, format!("user-{}", x % 10_000)) };
+        let (f, entity) = if i % 2 == 0 {
+            (0, format!("post-{}", x % 1000))
+        } else {
+            (2, format!("user-{}", x % 10_000))
+        };
         let mut feature = stored[f].clone();
         feature.id = ids[f];
         let at = 1_795_392_000_000 + (x % 3_600_000) as i64;
@@ -170,7 +216,10 @@ fn measure_reads(store: &EmbeddedStore, stored: &[StoredFeature], ids: &[u32]) {
 
 /// Moves a host batch into the SDK's types (same field types: no copy).
 fn to_sdk_raw(r: hb::RawBatch) -> sdk::RawBatch {
-    let bc = |c: hb::BytesColumn| sdk::BytesColumn { data: c.data, offsets: c.offsets };
+    let bc = |c: hb::BytesColumn| sdk::BytesColumn {
+        data: c.data,
+        offsets: c.offsets,
+    };
     sdk::RawBatch {
         topic: r.topic,
         partition: r.partition,
@@ -201,7 +250,10 @@ fn from_sdk_events(e: sdk::EventBatch) -> hb::EventBatch {
                     sdk::ColumnValues::Float64(v) => hb::ColumnValues::Float64(v),
                     sdk::ColumnValues::Int64(v) => hb::ColumnValues::Int64(v),
                     sdk::ColumnValues::Boolean(v) => hb::ColumnValues::Boolean(v),
-                    sdk::ColumnValues::Utf8(b) => hb::ColumnValues::Utf8(hb::BytesColumn { data: b.data, offsets: b.offsets }),
+                    sdk::ColumnValues::Utf8(b) => hb::ColumnValues::Utf8(hb::BytesColumn {
+                        data: b.data,
+                        offsets: b.offsets,
+                    }),
                 },
             })
             .collect(),
@@ -214,12 +266,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("TESSERA_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let runs: usize = std::env::var("TESSERA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let status = std::process::Command::new(root.join("scripts/build-plugins.sh")).arg("--quiet").status().unwrap();
+    let n: usize = std::env::var("TESSERA_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runs: usize = std::env::var("TESSERA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = std::process::Command::new(root.join("scripts/build-plugins.sh"))
+        .arg("--quiet")
+        .status()
+        .unwrap();
     assert!(status.success());
-    let wasm_dir = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(root.join("target")).join("wasm32-wasip2/release");
+    let wasm_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(root.join("target"))
+        .join("wasm32-wasip2/release");
 
     let lines = generate(n);
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
@@ -238,7 +305,11 @@ fn main() {
         .collect();
 
     let load = |fuel: bool| {
-        let rt = PluginRuntime::new(&RuntimeConfig { fuel, ..Default::default() }).unwrap();
+        let rt = PluginRuntime::new(&RuntimeConfig {
+            fuel,
+            ..Default::default()
+        })
+        .unwrap();
         let src = |file: &str, config: &str| PluginSource {
             name: file.into(),
             version: None,
@@ -247,22 +318,35 @@ fn main() {
             quotas: Quotas::default(),
             quarantine: Default::default(),
         };
-        let parser = rt.load_parser(&src("json_parser.wasm", PARSER_CONFIG)).unwrap();
-        let feature = rt.load_feature(&src("windowed_counter.wasm", counter_config)).unwrap();
+        let parser = rt
+            .load_parser(&src("json_parser.wasm", PARSER_CONFIG))
+            .unwrap();
+        let feature = rt
+            .load_feature(&src("windowed_counter.wasm", counter_config))
+            .unwrap();
         (rt, Plugins::Wasm { parser, feature })
     };
     let (_rt_fuel, mut wasm_fuel) = load(true);
     let (_rt_epoch, mut wasm_epoch) = load(false);
     let mut native = Plugins::Native {
         parser: json_parser::JsonParser::init(PARSER_CONFIG).unwrap(),
-        feature: windowed_counter::WindowedCounter::init(counter_config).unwrap().0,
+        feature: windowed_counter::WindowedCounter::init(counter_config)
+            .unwrap()
+            .0,
     };
 
     println!("{n} events ({:.1} MB NDJSON), batches of 1024, checkpoint every 500k updates, {runs} runs, median", bytes as f64 / 1e6);
-    let mut results: Vec<(&str, Vec<Split>)> = vec![("native", vec![]), ("wasm (fuel + epoch)", vec![]), ("wasm (epoch only)", vec![])];
+    let mut results: Vec<(&str, Vec<Split>)> = vec![
+        ("native", vec![]),
+        ("wasm (fuel + epoch)", vec![]),
+        ("wasm (epoch only)", vec![]),
+    ];
     let (mut updates, mut tiles) = (0, 0);
     for _ in 0..runs {
-        for (i, plugins) in [&mut native, &mut wasm_fuel, &mut wasm_epoch].into_iter().enumerate() {
+        for (i, plugins) in [&mut native, &mut wasm_fuel, &mut wasm_epoch]
+            .into_iter()
+            .enumerate()
+        {
             let (split, u, t) = run_once(&lines, plugins, &specs, 1024, 500_000);
             (updates, tiles) = (u, t);
             results[i].1.push(split);
@@ -275,7 +359,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, splits) in &results {
         let total = median(splits.iter().map(Split::total).collect());
-        let per = |f: fn(&Split) -> Duration| median(splits.iter().map(f).collect()).as_nanos() as f64 / n as f64;
+        let per = |f: fn(&Split) -> Duration| {
+            median(splits.iter().map(f).collect()).as_nanos() as f64 / n as f64
+        };
         println!(
             "| {name} | {:.0} | {:.2} M | {:.2}× | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             total.as_nanos() as f64 / n as f64,

@@ -206,7 +206,10 @@ fn default_after_failures() -> u32 {
 
 impl Default for QuarantinePolicy {
     fn default() -> Self {
-        QuarantinePolicy { after_consecutive_failures: default_after_failures(), action: QuarantineAction::default() }
+        QuarantinePolicy {
+            after_consecutive_failures: default_after_failures(),
+            action: QuarantineAction::default(),
+        }
     }
 }
 
@@ -231,7 +234,9 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { out_of_orderness: Duration::from_secs(5) }
+        WatermarkConfig {
+            out_of_orderness: Duration::from_secs(5),
+        }
     }
 }
 
@@ -251,7 +256,9 @@ fn default_store_path() -> PathBuf {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Embedded { path: default_store_path() }
+        StoreConfig::Embedded {
+            path: default_store_path(),
+        }
     }
 }
 
@@ -269,7 +276,9 @@ fn default_dead_letter_path() -> PathBuf {
 
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        DeadLetterConfig { path: default_dead_letter_path() }
+        DeadLetterConfig {
+            path: default_dead_letter_path(),
+        }
     }
 }
 
@@ -286,7 +295,9 @@ fn default_side_output_path() -> PathBuf {
 
 impl Default for SideOutputConfig {
     fn default() -> Self {
-        SideOutputConfig { path: default_side_output_path() }
+        SideOutputConfig {
+            path: default_side_output_path(),
+        }
     }
 }
 
@@ -314,7 +325,11 @@ fn default_epoch_tick() -> Duration {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { fuel: true, epoch_tick: default_epoch_tick(), cache_dir: None }
+        RuntimeConfig {
+            fuel: true,
+            epoch_tick: default_epoch_tick(),
+            cache_dir: None,
+        }
     }
 }
 
@@ -332,7 +347,9 @@ fn default_listen() -> String {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_listen() }
+        ApiConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -340,9 +357,15 @@ impl Config {
     /// Reads, parses and validates a config file; relative paths become
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
         let mut cfg = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
@@ -351,8 +374,10 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -388,11 +413,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let p = &self.pipeline;
-        if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            problems.push(format!("pipeline.name `{}` must be non-empty letters, digits, - or _", p.name));
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!(
+                "pipeline.name `{}` must be non-empty letters, digits, - or _",
+                p.name
+            ));
         }
         if !(1..=65_536).contains(&p.batch_size) {
-            problems.push(format!("pipeline.batch_size {} must be between 1 and 65536", p.batch_size));
+            problems.push(format!(
+                "pipeline.batch_size {} must be between 1 and 65536",
+                p.batch_size
+            ));
         }
         if p.checkpoint_events == 0 {
             problems.push("pipeline.checkpoint_events must be at least 1".into());
@@ -412,19 +448,34 @@ impl Config {
             }
             let q = &plugin.quotas;
             if q.max_memory_bytes < (1 << 16) {
-                problems.push(format!("plugin `{}`: quotas.max_memory_bytes must be at least 65536", plugin.name));
+                problems.push(format!(
+                    "plugin `{}`: quotas.max_memory_bytes must be at least 65536",
+                    plugin.name
+                ));
             }
             if q.wall_time_per_call.is_zero() {
-                problems.push(format!("plugin `{}`: quotas.wall_time_per_call must be positive", plugin.name));
+                problems.push(format!(
+                    "plugin `{}`: quotas.wall_time_per_call must be positive",
+                    plugin.name
+                ));
             }
             if q.fuel_per_call == 0 {
-                problems.push(format!("plugin `{}`: quotas.fuel_per_call must be positive", plugin.name));
+                problems.push(format!(
+                    "plugin `{}`: quotas.fuel_per_call must be positive",
+                    plugin.name
+                ));
             }
             if q.max_output_records == 0 || q.max_output_bytes == 0 {
-                problems.push(format!("plugin `{}`: output quotas must be positive", plugin.name));
+                problems.push(format!(
+                    "plugin `{}`: output quotas must be positive",
+                    plugin.name
+                ));
             }
             if plugin.quarantine.after_consecutive_failures == 0 {
-                problems.push(format!("plugin `{}`: quarantine.after_consecutive_failures must be at least 1", plugin.name));
+                problems.push(format!(
+                    "plugin `{}`: quarantine.after_consecutive_failures must be at least 1",
+                    plugin.name
+                ));
             }
         }
         if self.runtime.epoch_tick.is_zero() || self.runtime.epoch_tick > Duration::from_secs(1) {
@@ -449,7 +500,8 @@ mod humantime_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
     }
 }
 
@@ -482,13 +534,18 @@ mod tests {
             parser = { name = "p", path = "p.wasm", quotas = { max_memory_bytes = 10 } }
             features = []
         "#;
-        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else { panic!("expected invalid") };
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected invalid")
+        };
         assert_eq!(problems.len(), 4, "{problems:?}");
     }
 
     #[test]
     fn unknown_keys_and_bad_durations_are_errors() {
-        assert!(Config::parse(&format!("{MINIMAL}\n[watermark]\nout_of_orderness = \"soon\"")).is_err());
+        assert!(Config::parse(&format!(
+            "{MINIMAL}\n[watermark]\nout_of_orderness = \"soon\""
+        ))
+        .is_err());
         assert!(Config::parse(&format!("{MINIMAL}\n[pipeline]\nbatchsize = 3")).is_err());
         assert!(Config::parse(&MINIMAL.replace("type = \"file\"", "type = \"ftp\"")).is_err());
     }
@@ -496,6 +553,8 @@ mod tests {
     #[test]
     fn duplicate_plugin_names_are_rejected() {
         let text = MINIMAL.replace("name = \"counter\"", "name = \"json\"");
-        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(p)) if p[0].contains("used twice")));
+        assert!(
+            matches!(Config::parse(&text), Err(ConfigError::Invalid(p)) if p[0].contains("used twice"))
+        );
     }
 }

@@ -12,7 +12,10 @@ use crate::stores::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot parse config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config:\n  - {}", .0.join("\n  - "))]
@@ -23,9 +26,15 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no input files in {0}")]
     NoFiles(PathBuf),
 }
@@ -34,7 +43,10 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Why a pipeline run stopped early.
@@ -51,9 +63,17 @@ pub enum PipelineError {
     #[error("plugin `{plugin}` could not be loaded: {source}")]
     PluginLoad { plugin: String, source: PluginError },
     #[error("plugin `{plugin}` is quarantined after {failures} consecutive failures (last: {last}); the pipeline halts as configured, nothing after the last checkpoint was committed")]
-    Quarantined { plugin: String, failures: u32, last: String },
+    Quarantined {
+        plugin: String,
+        failures: u32,
+        last: String,
+    },
     #[error("features declared twice: `{0}` (feature names must be unique across plugins)")]
     DuplicateFeature(String),
     #[error("feature `{feature}` of plugin `{plugin}` is invalid: {reason}")]
-    InvalidFeature { plugin: String, feature: String, reason: String },
+    InvalidFeature {
+        plugin: String,
+        feature: String,
+        reason: String,
+    },
 }

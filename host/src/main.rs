@@ -12,7 +12,11 @@ use tessera::telemetry::{self, ProgressReporter};
 use tessera::{stores, Config, Pipeline};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "A WebAssembly-extensible stream processor for windowed features")]
+#[command(
+    name = "tessera",
+    version,
+    about = "A WebAssembly-extensible stream processor for windowed features"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,15 +69,27 @@ fn main() -> Result<()> {
     telemetry::init_tracing();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, serve, json } => run(&config, serve, json),
-        Command::Query { config, feature, entity, window, at } => {
+        Command::Run {
+            config,
+            serve,
+            json,
+        } => run(&config, serve, json),
+        Command::Query {
+            config,
+            feature,
+            entity,
+            window,
+            at,
+        } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
             let f = store
                 .features()?
                 .into_iter()
                 .find(|f| f.name == feature)
-                .with_context(|| format!("no feature named `{feature}` in the store (run the pipeline first?)"))?;
+                .with_context(|| {
+                    format!("no feature named `{feature}` in the store (run the pipeline first?)")
+                })?;
             let window_ms = query::parse_window(&window).map_err(anyhow::Error::msg)?;
             let at_ms = match at {
                 Some(a) => query::parse_at(&a).map_err(anyhow::Error::msg)?,
@@ -99,22 +115,36 @@ fn main() -> Result<()> {
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }
 
-async fn serve_http(store: Arc<dyn stores::TileStore>, addr: &str, until_ctrl_c: bool) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+async fn serve_http(
+    store: Arc<dyn stores::TileStore>,
+    addr: &str,
+    until_ctrl_c: bool,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
     let server = axum::serve(listener, api::router(store));
     if until_ctrl_c {
-        server.with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+        server
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
     } else {
         server.await?;
     }
     Ok(())
 }
 
-fn run(config: &PathBuf, serve: bool, json: bool) -> Result<()> {
+fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let store = stores::open(&cfg.store)?;
     let listen = cfg.api.listen.clone();
@@ -155,7 +185,9 @@ fn run(config: &PathBuf, serve: bool, json: bool) -> Result<()> {
     }
     if serve && !stop.load(Ordering::Relaxed) {
         eprintln!("input done; serving on {listen} until Ctrl-C");
-        rt.block_on(async { let _ = tokio::signal::ctrl_c().await; });
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
     }
     if stats.records_in == 0 {
         eprintln!("no new input records: everything was already processed (positions are kept in the store)");

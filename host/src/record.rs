@@ -4,13 +4,16 @@
 //! what a plugin returned, picking rows out of a batch.
 
 pub use crate::plugin::bindings::{
-    Aggregation, BytesColumn, Column, ColumnValues, EventBatch, FeatureSpec, LateBatch, LateDecision, ParseOutput,
-    RawBatch, RecordError, UpdateBatch,
+    Aggregation, BytesColumn, Column, ColumnValues, EventBatch, FeatureSpec, LateBatch,
+    LateDecision, ParseOutput, RawBatch, RecordError, UpdateBatch,
 };
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Value `i` of a packed bytes column, if in range.
@@ -22,7 +25,10 @@ pub fn bytes_at(c: &BytesColumn, i: usize) -> Option<&[u8]> {
 }
 
 fn empty_bytes_column() -> BytesColumn {
-    BytesColumn { data: Vec::new(), offsets: vec![0] }
+    BytesColumn {
+        data: Vec::new(),
+        offsets: vec![0],
+    }
 }
 
 fn push_bytes(c: &mut BytesColumn, v: &[u8]) {
@@ -103,7 +109,10 @@ pub fn select_raw(batch: &RawBatch, rows: &[u32]) -> RawBatch {
         let start = batch.header_index.get(r).copied().unwrap_or(0) as usize;
         let end = batch.header_index.get(r + 1).copied().unwrap_or(0) as usize;
         for h in start..end {
-            b.header(bytes_at(&batch.header_names, h).unwrap_or(&[]), bytes_at(&batch.header_values, h).unwrap_or(&[]));
+            b.header(
+                bytes_at(&batch.header_names, h).unwrap_or(&[]),
+                bytes_at(&batch.header_values, h).unwrap_or(&[]),
+            );
         }
     }
     b.finish()
@@ -116,11 +125,21 @@ pub fn select_events(batch: &EventBatch, rows: &[u32]) -> EventBatch {
         .columns
         .iter()
         .map(|c| {
-            let present = if c.present.is_empty() { Vec::new() } else { rows.iter().map(|r| c.present[*r as usize]).collect() };
+            let present = if c.present.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|r| c.present[*r as usize]).collect()
+            };
             let values = match &c.values {
-                ColumnValues::Float64(v) => ColumnValues::Float64(rows.iter().map(|r| v[*r as usize]).collect()),
-                ColumnValues::Int64(v) => ColumnValues::Int64(rows.iter().map(|r| v[*r as usize]).collect()),
-                ColumnValues::Boolean(v) => ColumnValues::Boolean(rows.iter().map(|r| v[*r as usize]).collect()),
+                ColumnValues::Float64(v) => {
+                    ColumnValues::Float64(rows.iter().map(|r| v[*r as usize]).collect())
+                }
+                ColumnValues::Int64(v) => {
+                    ColumnValues::Int64(rows.iter().map(|r| v[*r as usize]).collect())
+                }
+                ColumnValues::Boolean(v) => {
+                    ColumnValues::Boolean(rows.iter().map(|r| v[*r as usize]).collect())
+                }
                 ColumnValues::Utf8(b) => {
                     let mut out = empty_bytes_column();
                     for r in rows {
@@ -129,7 +148,11 @@ pub fn select_events(batch: &EventBatch, rows: &[u32]) -> EventBatch {
                     ColumnValues::Utf8(out)
                 }
             };
-            Column { name: c.name.clone(), present, values }
+            Column {
+                name: c.name.clone(),
+                present,
+                values,
+            }
         })
         .collect();
     EventBatch {
@@ -144,7 +167,14 @@ pub fn select_events(batch: &EventBatch, rows: &[u32]) -> EventBatch {
 
 /// An empty event batch.
 pub fn empty_events() -> EventBatch {
-    EventBatch { len: 0, source_row: vec![], event_time: vec![], event_type: vec![], type_names: vec![], columns: vec![] }
+    EventBatch {
+        len: 0,
+        source_row: vec![],
+        event_time: vec![],
+        event_type: vec![],
+        type_names: vec![],
+        columns: vec![],
+    }
 }
 
 /// The column called `name`.
@@ -192,12 +222,23 @@ pub fn validate_event_batch(b: &EventBatch) -> Result<(), String> {
             b.event_type.len()
         ));
     }
-    if let Some(t) = b.event_type.iter().find(|t| **t as usize >= b.type_names.len()) {
-        return Err(format!("event type index {t} out of range ({} type names)", b.type_names.len()));
+    if let Some(t) = b
+        .event_type
+        .iter()
+        .find(|t| **t as usize >= b.type_names.len())
+    {
+        return Err(format!(
+            "event type index {t} out of range ({} type names)",
+            b.type_names.len()
+        ));
     }
     for c in &b.columns {
         if !c.present.is_empty() && c.present.len() != n {
-            return Err(format!("column `{}` has {} presence flags for {n} events", c.name, c.present.len()));
+            return Err(format!(
+                "column `{}` has {} presence flags for {n} events",
+                c.name,
+                c.present.len()
+            ));
         }
         let values = match &c.values {
             ColumnValues::Float64(v) => v.len(),
@@ -214,7 +255,10 @@ pub fn validate_event_batch(b: &EventBatch) -> Result<(), String> {
             }
         };
         if values != n {
-            return Err(format!("column `{}` has {values} values for {n} events", c.name));
+            return Err(format!(
+                "column `{}` has {values} values for {n} events",
+                c.name
+            ));
         }
     }
     Ok(())
@@ -235,9 +279,16 @@ mod tests {
                 Column {
                     name: "k".into(),
                     present: vec![1, 0, 1],
-                    values: ColumnValues::Utf8(BytesColumn { data: b"xz".to_vec(), offsets: vec![0, 1, 1, 2] }),
+                    values: ColumnValues::Utf8(BytesColumn {
+                        data: b"xz".to_vec(),
+                        offsets: vec![0, 1, 1, 2],
+                    }),
                 },
-                Column { name: "v".into(), present: vec![], values: ColumnValues::Float64(vec![1.0, 2.0, 3.0]) },
+                Column {
+                    name: "v".into(),
+                    present: vec![],
+                    values: ColumnValues::Float64(vec![1.0, 2.0, 3.0]),
+                },
             ],
         }
     }
@@ -259,13 +310,22 @@ mod tests {
     fn malformed_batches_are_caught() {
         let mut b = sample();
         b.event_type[1] = 9;
-        assert!(validate_event_batch(&b).unwrap_err().contains("out of range"));
+        assert!(validate_event_batch(&b)
+            .unwrap_err()
+            .contains("out of range"));
         let mut b = sample();
-        b.columns[0].values = ColumnValues::Utf8(BytesColumn { data: b"xz".to_vec(), offsets: vec![0, 2, 1, 2] });
-        assert!(validate_event_batch(&b).unwrap_err().contains("malformed offsets"));
+        b.columns[0].values = ColumnValues::Utf8(BytesColumn {
+            data: b"xz".to_vec(),
+            offsets: vec![0, 2, 1, 2],
+        });
+        assert!(validate_event_batch(&b)
+            .unwrap_err()
+            .contains("malformed offsets"));
         let mut b = sample();
         b.columns[1].values = ColumnValues::Float64(vec![1.0]);
-        assert!(validate_event_batch(&b).unwrap_err().contains("1 values for 3"));
+        assert!(validate_event_batch(&b)
+            .unwrap_err()
+            .contains("1 values for 3"));
         let mut b = sample();
         b.len = 4;
         assert!(validate_event_batch(&b).is_err());

@@ -54,7 +54,13 @@ fn poison_events_are_dead_lettered_with_reasons_and_the_rest_is_exact() {
     }
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &events);
-    let cfg = support::config(dir.path(), &input, "", &(misbehave_section("{}", "{ after_consecutive_failures = 50 }") + "[watermark]\nout_of_orderness = \"1h\""));
+    let cfg = support::config(
+        dir.path(),
+        &input,
+        "",
+        &(misbehave_section("{}", "{ after_consecutive_failures = 50 }")
+            + "[watermark]\nout_of_orderness = \"1h\""),
+    );
     let (store, mut p) = build(&cfg);
     let stats = p.run(&mut |_| {}).unwrap();
     assert_eq!(stats.records_in, 3_000);
@@ -63,13 +69,25 @@ fn poison_events_are_dead_lettered_with_reasons_and_the_rest_is_exact() {
     assert_eq!(dead.len(), 12, "{dead:#?}");
     assert_eq!(stats.dead_lettered, 12);
     for (ty, reason) in POISON {
-        let rows: Vec<_> = dead.iter().filter(|d| d["payload"].as_str().unwrap().contains(&format!("\"type\":\"{ty}\""))).collect();
+        let rows: Vec<_> = dead
+            .iter()
+            .filter(|d| {
+                d["payload"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("\"type\":\"{ty}\""))
+            })
+            .collect();
         assert_eq!(rows.len(), 2, "{ty}: {dead:#?}");
         for r in rows {
             assert_eq!(r["stage"], "feature");
             assert_eq!(r["plugin"], "misbehave");
             assert!(r["plugin_version"].as_str().is_some_and(|v| v.len() == 12));
-            assert!(r["reason"].as_str().unwrap().contains(reason), "{ty}: {}", r["reason"]);
+            assert!(
+                r["reason"].as_str().unwrap().contains(reason),
+                "{ty}: {}",
+                r["reason"]
+            );
         }
     }
     let health = p.plugin_health();
@@ -79,11 +97,27 @@ fn poison_events_are_dead_lettered_with_reasons_and_the_rest_is_exact() {
     // The well-behaved plugin saw every event, poison ones included.
     crate::windows::check_windows(store.as_ref(), &events, 3, 200);
     // The misbehaving plugin counted exactly the events it did not choke on.
-    let clean: Vec<Event> = events.iter().filter(|e| !POISON.iter().any(|(t, _)| *t == e.ty)).cloned().collect();
-    let f = store.features().unwrap().into_iter().find(|f| f.name == "misbehave_count").unwrap();
+    let clean: Vec<Event> = events
+        .iter()
+        .filter(|e| !POISON.iter().any(|(t, _)| *t == e.ty))
+        .cloned()
+        .collect();
+    let f = store
+        .features()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "misbehave_count")
+        .unwrap();
     for post in 0..40 {
         let entity = format!("post-{post}");
-        let a = query::answer(store.as_ref(), &f, &entity, 3 * 3_600_000, T0 + 2 * 3_600_000).unwrap();
+        let a = query::answer(
+            store.as_ref(),
+            &f,
+            &entity,
+            3 * 3_600_000,
+            T0 + 2 * 3_600_000,
+        )
+        .unwrap();
         let want = clean.iter().filter(|e| e.post == entity).count() as u64;
         assert_eq!(a.count, want, "{entity}");
     }
@@ -99,11 +133,18 @@ fn a_plugin_that_always_fails_is_quarantined_and_halts_without_committing() {
         dir.path(),
         &input,
         "",
-        &misbehave_section(r#"{ always = "trap" }"#, r#"{ after_consecutive_failures = 3, action = "halt" }"#),
+        &misbehave_section(
+            r#"{ always = "trap" }"#,
+            r#"{ after_consecutive_failures = 3, action = "halt" }"#,
+        ),
     );
     let (store, mut p) = build(&cfg);
     match p.run(&mut |_| {}) {
-        Err(PipelineError::Quarantined { plugin, failures, last }) => {
+        Err(PipelineError::Quarantined {
+            plugin,
+            failures,
+            last,
+        }) => {
             assert_eq!(plugin, "misbehave");
             assert_eq!(failures, 3);
             assert!(last.contains("trap"), "{last}");
@@ -111,9 +152,24 @@ fn a_plugin_that_always_fails_is_quarantined_and_halts_without_committing() {
         other => panic!("expected a quarantine halt, got {other:?}"),
     }
     // Nothing after the last checkpoint (here: nothing at all) was committed.
-    assert_eq!(store.position("test", &format!("file:{}", input.display())).unwrap(), None);
-    let f = store.features().unwrap().into_iter().find(|f| f.name == "likes_per_post").unwrap();
-    assert_eq!(query::answer(store.as_ref(), &f, "post-1", 86_400_000, T0 + 3_600_000).unwrap().count, 0);
+    assert_eq!(
+        store
+            .position("test", &format!("file:{}", input.display()))
+            .unwrap(),
+        None
+    );
+    let f = store
+        .features()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "likes_per_post")
+        .unwrap();
+    assert_eq!(
+        query::answer(store.as_ref(), &f, "post-1", 86_400_000, T0 + 3_600_000)
+            .unwrap()
+            .count,
+        0
+    );
 }
 
 #[test]
@@ -126,8 +182,10 @@ fn quarantine_with_dead_letter_action_keeps_the_pipeline_running() {
         dir.path(),
         &input,
         "",
-        &(misbehave_section(r#"{ always = "fail" }"#, r#"{ after_consecutive_failures = 2, action = "dead_letter" }"#)
-            + "[watermark]\nout_of_orderness = \"1h\""),
+        &(misbehave_section(
+            r#"{ always = "fail" }"#,
+            r#"{ after_consecutive_failures = 2, action = "dead_letter" }"#,
+        ) + "[watermark]\nout_of_orderness = \"1h\""),
     );
     let (store, mut p) = build(&cfg);
     let stats = p.run(&mut |_| {}).unwrap();
@@ -139,7 +197,10 @@ fn quarantine_with_dead_letter_action_keeps_the_pipeline_running() {
     offsets.sort();
     offsets.dedup();
     assert_eq!(offsets.len(), 2_000);
-    assert!(dead.iter().skip(10).all(|d| d["reason"].as_str().unwrap().contains("quarantined")));
+    assert!(dead
+        .iter()
+        .skip(10)
+        .all(|d| d["reason"].as_str().unwrap().contains("quarantined")));
     crate::windows::check_windows(store.as_ref(), &events, 9, 100);
 }
 
@@ -154,23 +215,52 @@ fn bad_components_are_rejected_at_load_with_a_reason() {
         quotas: Default::default(),
         quarantine: Default::default(),
     };
-    let garbage = rt.load_feature(&src(b"definitely not wasm".to_vec(), "{}")).err().unwrap();
-    assert!(matches!(garbage, PluginError::NotAComponent(_)), "{garbage}");
-    let core = rt.load_feature(&src(b"\0asm\x01\0\0\0".to_vec(), "{}")).err().unwrap();
-    assert!(matches!(&core, PluginError::NotAComponent(m) if m.contains("core WebAssembly module")), "{core}");
+    let garbage = rt
+        .load_feature(&src(b"definitely not wasm".to_vec(), "{}"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(garbage, PluginError::NotAComponent(_)),
+        "{garbage}"
+    );
+    let core = rt
+        .load_feature(&src(b"\0asm\x01\0\0\0".to_vec(), "{}"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&core, PluginError::NotAComponent(m) if m.contains("core WebAssembly module")),
+        "{core}"
+    );
     let parser = std::fs::read(support::plugin("json_parser")).unwrap();
     let wrong = rt.load_feature(&src(parser.clone(), "{}")).err().unwrap();
-    assert!(matches!(&wrong, PluginError::WrongWorld { world, .. } if world.contains("feature-plugin")), "{wrong}");
-    let bad_config = rt.load_parser(&src(parser, r#"{"time_format": "weird"}"#)).err().unwrap();
-    assert!(matches!(&bad_config, PluginError::Init(m) if m.contains("weird")), "{bad_config}");
+    assert!(
+        matches!(&wrong, PluginError::WrongWorld { world, .. } if world.contains("feature-plugin")),
+        "{wrong}"
+    );
+    let bad_config = rt
+        .load_parser(&src(parser, r#"{"time_format": "weird"}"#))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&bad_config, PluginError::Init(m) if m.contains("weird")),
+        "{bad_config}"
+    );
     let misbehave = std::fs::read(support::plugin("misbehave")).unwrap();
-    let init = rt.load_feature(&src(misbehave.clone(), "fail-init")).err().unwrap();
+    let init = rt
+        .load_feature(&src(misbehave.clone(), "fail-init"))
+        .err()
+        .unwrap();
     assert_eq!(init, PluginError::Init("init refused on purpose".into()));
     let ok = rt.load_feature(&src(misbehave, "{}")).unwrap();
     assert_eq!(ok.specs()[0].name, "misbehave_count");
     assert_eq!(ok.meta().version.len(), 12);
     // The README's 25-line example plugin is a working component too.
-    let likes = rt.load_feature(&src(std::fs::read(support::plugin("likes_counter")).unwrap(), "")).unwrap();
+    let likes = rt
+        .load_feature(&src(
+            std::fs::read(support::plugin("likes_counter")).unwrap(),
+            "",
+        ))
+        .unwrap();
     assert_eq!(likes.specs()[0].tile_sizes_secs, vec![60, 1800, 86400]);
 }
 
@@ -187,8 +277,15 @@ fn plugin_log_lines_reach_the_host_log_with_the_plugin_name() {
     let (_, mut p) = build(&cfg);
     p.run(&mut |_| {}).unwrap();
     let log = log.text();
-    let line = log.lines().find(|l| l.contains("hello from row 7")).unwrap_or_else(|| panic!("no plugin log line in:\n{log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("hello from row 7"))
+        .unwrap_or_else(|| panic!("no plugin log line in:\n{log}"));
     assert!(line.contains("plugin=\"misbehave\""), "{line}");
     // The panic message the guest printed on stderr is logged too.
-    assert!(log.lines().any(|l| l.contains("trap on purpose at row 200") && l.contains("stderr")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("trap on purpose at row 200") && l.contains("stderr")),
+        "{log}"
+    );
 }

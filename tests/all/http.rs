@@ -11,7 +11,11 @@ use tessera::{Config, Pipeline};
 use crate::support::{self, T0};
 
 async fn get(app: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
-    let resp = app.clone().oneshot(axum::http::Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(axum::http::Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap())
@@ -30,25 +34,52 @@ async fn serving_answers_match_the_query_function_and_errors_are_clear() {
     let app = api::router(store.clone());
 
     let at = T0 + 3_600_000;
-    let (status, body) = get(&app, &format!("/v1/features/likes_per_post/entities/post-3?window=30m&at={at}")).await;
+    let (status, body) = get(
+        &app,
+        &format!("/v1/features/likes_per_post/entities/post-3?window=30m&at={at}"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let f = store.features().unwrap().into_iter().find(|f| f.name == "likes_per_post").unwrap();
+    let f = store
+        .features()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "likes_per_post")
+        .unwrap();
     let want = query::answer(store.as_ref(), &f, "post-3", 30 * 60_000, at).unwrap();
     assert_eq!(body, serde_json::to_value(&want).unwrap());
     assert!(want.count > 0);
-    let o = support::oracle(&events, "likes_per_post", "post-3", want.covered_start_ms, want.covered_end_ms);
+    let o = support::oracle(
+        &events,
+        "likes_per_post",
+        "post-3",
+        want.covered_start_ms,
+        want.covered_end_ms,
+    );
     assert_eq!(want.count, o.count);
 
-    let (status, body) = get(&app, "/v1/features/likes_per_post/entities/post-3?window=2h&at=2026-11-23T01:00:00Z").await;
+    let (status, body) = get(
+        &app,
+        "/v1/features/likes_per_post/entities/post-3?window=2h&at=2026-11-23T01:00:00Z",
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["at_ms"], T0 + 3_600_000);
 
     let (status, body) = get(&app, "/v1/features/likes_per_post/entities/post-3").await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("window"));
-    let (status, _) = get(&app, "/v1/features/likes_per_post/entities/post-3?window=forever").await;
+    let (status, _) = get(
+        &app,
+        "/v1/features/likes_per_post/entities/post-3?window=forever",
+    )
+    .await;
     assert_eq!(status, 400);
-    let (status, _) = get(&app, "/v1/features/likes_per_post/entities/post-3?window=1h&at=yesterday").await;
+    let (status, _) = get(
+        &app,
+        "/v1/features/likes_per_post/entities/post-3?window=1h&at=yesterday",
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, body) = get(&app, "/v1/features/nope/entities/post-3?window=1h").await;
     assert_eq!(status, 404);

@@ -17,7 +17,17 @@ fn kill_dash_nine_and_restart_loses_nothing_and_counts_nothing_twice() {
     support::write_ndjson(&input, &events);
     // A malformed line every 5,000 records: the dead letter must hold each once.
     let mut text = std::fs::read_to_string(&input).unwrap();
-    text = text.lines().enumerate().map(|(i, l)| if i % 5_000 == 4_999 { "{broken\n".to_string() } else { format!("{l}\n") }).collect();
+    text = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i % 5_000 == 4_999 {
+                "{broken\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
     std::fs::write(&input, text).unwrap();
     let broken: Vec<usize> = (0..events.len()).filter(|i| i % 5_000 == 4_999).collect();
     for i in broken.iter().rev() {
@@ -49,8 +59,13 @@ fn kill_dash_nine_and_restart_loses_nothing_and_counts_nothing_twice() {
             // Wait until records flow (the first bad line reached the dead
             // letter), let a few checkpoints pass, then SIGKILL.
             let dead_letter = dir.path().join("dead-letter.ndjson");
-            let seen = std::fs::metadata(&dead_letter).map(|m| m.len()).unwrap_or(0);
-            while std::fs::metadata(&dead_letter).map(|m| m.len()).unwrap_or(0) <= seen
+            let seen = std::fs::metadata(&dead_letter)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            while std::fs::metadata(&dead_letter)
+                .map(|m| m.len())
+                .unwrap_or(0)
+                <= seen
                 && child.try_wait().unwrap().is_none()
                 && started.elapsed() < Duration::from_secs(60)
             {
@@ -72,10 +87,16 @@ fn kill_dash_nine_and_restart_loses_nothing_and_counts_nothing_twice() {
         assert!(out.status.success());
         runs.push(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
     }
-    assert!(kills >= 1, "the input must be large enough for a run to be killed mid-way");
+    assert!(
+        kills >= 1,
+        "the input must be large enough for a run to be killed mid-way"
+    );
     if let Some(last) = runs.last() {
         let resumed = last["records_in"].as_u64().unwrap();
-        assert!(resumed < 120_000, "the last run must resume, not start over ({resumed} records)");
+        assert!(
+            resumed < 120_000,
+            "the last run must resume, not start over ({resumed} records)"
+        );
     }
 
     let cfg = Config::load(&cfg_path).unwrap();
@@ -84,5 +105,9 @@ fn kill_dash_nine_and_restart_loses_nothing_and_counts_nothing_twice() {
     let dead = support::read_ndjson(&dir.path().join("dead-letter.ndjson"));
     let mut offsets: Vec<i64> = dead.iter().map(|d| d["offset"].as_i64().unwrap()).collect();
     offsets.sort();
-    assert_eq!(offsets, broken.iter().map(|i| *i as i64 + 1).collect::<Vec<_>>(), "each bad line dead-lettered exactly once");
+    assert_eq!(
+        offsets,
+        broken.iter().map(|i| *i as i64 + 1).collect::<Vec<_>>(),
+        "each bad line dead-lettered exactly once"
+    );
 }

@@ -24,7 +24,12 @@ const SCHEMA: &str = r#"{"type": "record", "name": "Event", "fields": [
 
 fn write_avro(path: &std::path::Path, events: &[Event]) {
     let schema = Schema::parse_str(SCHEMA).unwrap();
-    let mut w = Writer::with_codec(&schema, Vec::new(), apache_avro::Codec::Deflate(Default::default())).unwrap();
+    let mut w = Writer::with_codec(
+        &schema,
+        Vec::new(),
+        apache_avro::Codec::Deflate(Default::default()),
+    )
+    .unwrap();
     for e in events {
         let mut r = Record::new(&schema).unwrap();
         r.put("ts", e.ts);
@@ -46,8 +51,16 @@ fn avro_files_give_the_same_answers_as_ndjson() {
     let events = support::events(17, 5_000, 2 * 3_600_000, 5_000, None);
     let input = dir.path().join("events.avro");
     write_avro(&input, &events);
-    let (store, stats) = run(&support::config(dir.path(), &input, "", "[watermark]\nout_of_orderness = \"1h\""));
-    assert_eq!((stats.records_in, stats.events_out, stats.dead_lettered), (5_000, 5_000, 0));
+    let (store, stats) = run(&support::config(
+        dir.path(),
+        &input,
+        "",
+        "[watermark]\nout_of_orderness = \"1h\"",
+    ));
+    assert_eq!(
+        (stats.records_in, stats.events_out, stats.dead_lettered),
+        (5_000, 5_000, 0)
+    );
     crate::windows::check_windows(store.as_ref(), &events, 23, 200);
 }
 
@@ -78,17 +91,47 @@ fn corrupt_and_malformed_input_is_dead_lettered_not_dropped() {
     avro_path = input.join("c.avro");
     std::fs::write(&avro_path, b"this is not an avro file").unwrap();
 
-    let (_store, stats) = run(&support::config(dir.path(), &input, "", "[watermark]\nout_of_orderness = \"1h\""));
+    let (_store, stats) = run(&support::config(
+        dir.path(),
+        &input,
+        "",
+        "[watermark]\nout_of_orderness = \"1h\"",
+    ));
     let dead = support::read_ndjson(&dir.path().join("dead-letter.ndjson"));
     let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("EOF while parsing")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("expected a JSON object") || r.contains("invalid type")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("missing event time")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("expected value") || r.contains("invalid JSON")), "{reasons:?}");
-    let corrupt: Vec<_> = dead.iter().filter(|d| d["reason"].as_str().unwrap().contains("corrupt Avro data")).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("EOF while parsing")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("expected a JSON object") || r.contains("invalid type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("missing event time")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("expected value") || r.contains("invalid JSON")),
+        "{reasons:?}"
+    );
+    let corrupt: Vec<_> = dead
+        .iter()
+        .filter(|d| d["reason"].as_str().unwrap().contains("corrupt Avro data"))
+        .collect();
     assert_eq!(corrupt.len(), 1, "{reasons:?}");
     assert_eq!(corrupt[0]["stage"], "source");
-    assert!(dead.iter().any(|d| d["reason"].as_str().unwrap().contains("not an Avro object container file")), "{reasons:?}");
+    assert!(
+        dead.iter().any(|d| d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not an Avro object container file")),
+        "{reasons:?}"
+    );
     // Every record is accounted for: turned into an event or dead-lettered.
     let avro_read = corrupt[0]["offset"].as_i64().unwrap() as u64 - 1;
     assert!(avro_read > 100 && avro_read < 1_000, "{avro_read}");
@@ -103,7 +146,12 @@ fn running_again_over_committed_input_counts_nothing_twice() {
     let events = support::events(29, 4_000, 3_600_000, 1_000, None);
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &events);
-    let cfg = support::config(dir.path(), &input, "checkpoint_events = 1000", "[watermark]\nout_of_orderness = \"1h\"");
+    let cfg = support::config(
+        dir.path(),
+        &input,
+        "checkpoint_events = 1000",
+        "[watermark]\nout_of_orderness = \"1h\"",
+    );
     let (store, first) = run(&cfg);
     assert_eq!(first.records_in, 4_000);
     drop(store);

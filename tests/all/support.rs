@@ -7,11 +7,16 @@ use std::sync::OnceLock;
 use tessera::window::TileAgg;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Builds every plugin (ours and the misbehaving test one) once per test
@@ -74,12 +79,20 @@ pub const T0: i64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
 
 /// `n` events over `span_ms` from `T0`, out of order by up to `jitter_ms`,
 /// with `late_every`-th event pushed `late_by_ms` back.
-pub fn events(seed: u64, n: usize, span_ms: i64, jitter_ms: i64, late: Option<(usize, i64)>) -> Vec<Event> {
+pub fn events(
+    seed: u64,
+    n: usize,
+    span_ms: i64,
+    jitter_ms: i64,
+    late: Option<(usize, i64)>,
+) -> Vec<Event> {
     let mut rng = Rng(seed.max(1));
     let types = ["view", "view", "like", "share", "comment"];
     (0..n)
         .map(|i| {
-            let mut ts = T0 + span_ms * i as i64 / n as i64 + rng.below(2 * jitter_ms as u64 + 1) as i64 - jitter_ms;
+            let mut ts =
+                T0 + span_ms * i as i64 / n as i64 + rng.below(2 * jitter_ms as u64 + 1) as i64
+                    - jitter_ms;
             if let Some((every, by)) = late {
                 if i % every == every - 1 {
                     ts -= by;
@@ -128,7 +141,11 @@ pub fn feature_input<'a>(feature: &str, e: &'a Event) -> Option<(&'a str, f64)> 
     if !types.is_empty() && !types.contains(&e.ty) {
         return None;
     }
-    let entity = if by_user { e.user.as_str() } else { e.post.as_str() };
+    let entity = if by_user {
+        e.user.as_str()
+    } else {
+        e.post.as_str()
+    };
     Some((entity, if value { e.dwell as f64 } else { 1.0 }))
 }
 
@@ -233,7 +250,8 @@ pub fn captured_log() -> CapturedLog {
             .with_env_filter("info,wasmtime=warn,cranelift=warn")
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in the tests");
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the tests");
         log
     })
     .clone()

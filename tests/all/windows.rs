@@ -8,8 +8,16 @@ use tessera::{Config, Pipeline};
 
 use crate::support::{self, Event, Rng, T0};
 
-const FEATURES: [&str; 8] =
-    ["likes_per_post", "views_per_post", "interactions_per_user", "dwell_sum", "dwell_max", "dwell_min", "dwell_last", "dwell_mean"];
+const FEATURES: [&str; 8] = [
+    "likes_per_post",
+    "views_per_post",
+    "interactions_per_user",
+    "dwell_sum",
+    "dwell_max",
+    "dwell_min",
+    "dwell_last",
+    "dwell_mean",
+];
 
 fn run(cfg: &str) -> (Arc<dyn TileStore>, tessera::RunStats) {
     let cfg = Config::parse(cfg).unwrap();
@@ -23,23 +31,50 @@ fn run(cfg: &str) -> (Arc<dyn TileStore>, tessera::RunStats) {
 pub fn check_windows(store: &dyn TileStore, accepted: &[Event], seed: u64, queries: usize) {
     let features = store.features().unwrap();
     let mut rng = Rng(seed);
-    let windows = [60_000, 37 * 60_000, 30 * 60_000, 2 * 3_600_000, 86_400_000, 5 * 3_600_000 + 17_000];
+    let windows = [
+        60_000,
+        37 * 60_000,
+        30 * 60_000,
+        2 * 3_600_000,
+        86_400_000,
+        5 * 3_600_000 + 17_000,
+    ];
     for _ in 0..queries {
         let name = FEATURES[rng.below(FEATURES.len() as u64) as usize];
         let f = features.iter().find(|f| f.name == name).unwrap();
         let e = &accepted[rng.below(accepted.len() as u64) as usize];
-        let entity = support::feature_input(name, e).map(|(ent, _)| ent.to_string()).unwrap_or_else(|| e.post.clone());
+        let entity = support::feature_input(name, e)
+            .map(|(ent, _)| ent.to_string())
+            .unwrap_or_else(|| e.post.clone());
         let window = windows[rng.below(windows.len() as u64) as usize];
         let at = T0 - 3_600_000 + rng.below(6 * 3_600_000) as i64;
         let a = query::answer(store, f, &entity, window, at).unwrap();
         // The covered interval is the window, aligned to the 1-minute tile.
-        assert!(a.covered_end_ms >= at && a.covered_end_ms - at < 60_000, "{a:?}");
-        assert!(window - (a.covered_end_ms - a.covered_start_ms) < 60_000, "{a:?}");
-        let o = support::oracle(accepted, name, &entity, a.covered_start_ms, a.covered_end_ms);
+        assert!(
+            a.covered_end_ms >= at && a.covered_end_ms - at < 60_000,
+            "{a:?}"
+        );
+        assert!(
+            window - (a.covered_end_ms - a.covered_start_ms) < 60_000,
+            "{a:?}"
+        );
+        let o = support::oracle(
+            accepted,
+            name,
+            &entity,
+            a.covered_start_ms,
+            a.covered_end_ms,
+        );
         let expected = o.value(f.aggregation());
-        assert_eq!(a.count, o.count, "{name}/{entity} over {window} at {at}: {a:?}");
+        assert_eq!(
+            a.count, o.count,
+            "{name}/{entity} over {window} at {at}: {a:?}"
+        );
         match (a.value, expected) {
-            (Some(got), Some(want)) => assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}/{entity}: got {got}, want {want}; {a:?}"),
+            (Some(got), Some(want)) => assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{name}/{entity}: got {got}, want {want}; {a:?}"
+            ),
             (got, want) => assert_eq!(got, want, "{name}/{entity}: {a:?}"),
         }
     }
@@ -52,7 +87,12 @@ fn window_answers_match_brute_force() {
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &events);
     // A generous out-of-orderness and no late handler: every event counts.
-    let cfg = support::config(dir.path(), &input, "checkpoint_events = 3000", "[watermark]\nout_of_orderness = \"1h\"");
+    let cfg = support::config(
+        dir.path(),
+        &input,
+        "checkpoint_events = 3000",
+        "[watermark]\nout_of_orderness = \"1h\"",
+    );
     let (store, stats) = run(&cfg);
     assert_eq!(stats.records_in, 20_000);
     assert_eq!(stats.events_out, 20_000);
@@ -98,13 +138,19 @@ fn late_events_follow_the_late_handler_policy() {
         }
         max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
     }
-    assert!(side > 50 && late_accepted > 50, "the data must exercise both paths: {side} {late_accepted}");
+    assert!(
+        side > 50 && late_accepted > 50,
+        "the data must exercise both paths: {side} {late_accepted}"
+    );
     assert_eq!(stats.late_side_output, side);
     assert_eq!(stats.late_accepted, late_accepted);
     assert_eq!(stats.events_out, accepted.len() as u64);
     let side_rows = support::read_ndjson(&dir.path().join("side-output.ndjson"));
     assert_eq!(side_rows.len() as u64, side);
-    assert!(side_rows[0]["reason"].as_str().unwrap().contains("behind the watermark"));
+    assert!(side_rows[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("behind the watermark"));
     check_windows(store.as_ref(), &accepted, 5, 300);
 }
 
@@ -136,13 +182,25 @@ fn a_failing_late_handler_dead_letters_only_the_late_events() {
         let dead = support::read_ndjson(&dir.path().join("dead-letter.ndjson"));
         let offsets: Vec<i64> = dead.iter().map(|d| d["offset"].as_i64().unwrap()).collect();
         assert_eq!(offsets, late_rows, "{mode}");
-        assert!(dead.iter().all(|d| d["stage"] == "late" && d["plugin"] == "bad-late"), "{mode}");
+        assert!(
+            dead.iter()
+                .all(|d| d["stage"] == "late" && d["plugin"] == "bad-late"),
+            "{mode}"
+        );
         let reason = dead[0]["reason"].as_str().unwrap();
         match mode {
             "trap" => assert!(reason.contains("late handler trap on purpose"), "{reason}"),
             _ => assert!(reason.contains("decisions for"), "{reason}"),
         }
-        assert_eq!((stats.late_accepted, stats.late_dropped, stats.late_side_output), (0, 0, 0), "{mode}");
+        assert_eq!(
+            (
+                stats.late_accepted,
+                stats.late_dropped,
+                stats.late_side_output
+            ),
+            (0, 0, 0),
+            "{mode}"
+        );
         assert_eq!(stats.events_out, accepted.len() as u64);
         check_windows(store.as_ref(), &accepted, 17, 100);
     }

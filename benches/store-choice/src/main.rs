@@ -32,7 +32,8 @@ impl Rng {
     }
     /// Log-uniform over 0..n (Zipf with s = 1).
     fn zipf(&mut self, n: u64) -> u64 {
-        (((self.next() % 1_000_000) as f64 / 1e6 * ((n + 1) as f64).ln()).exp() as u64).saturating_sub(1)
+        (((self.next() % 1_000_000) as f64 / 1e6 * ((n + 1) as f64).ln()).exp() as u64)
+            .saturating_sub(1)
     }
 }
 
@@ -64,11 +65,16 @@ fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("TILES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("TILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let checkpoints = 8;
     let dir = tempfile::tempdir().unwrap();
     println!("{checkpoints} checkpoints of ~{n} tile deltas (Zipf entities over 1M), then 2000 window reads");
-    println!("| store | checkpoint µs/tile (median) | last checkpoint µs/tile | window read p50 | p99 |");
+    println!(
+        "| store | checkpoint µs/tile (median) | last checkpoint µs/tile | window read p50 | p99 |"
+    );
     println!("|---|---|---|---|---|");
 
     // redb
@@ -117,7 +123,9 @@ fn main() {
     // fjall
     {
         let keyspace = fjall::Config::new(dir.path().join("fj")).open().unwrap();
-        let part = keyspace.open_partition("tiles", Default::default()).unwrap();
+        let part = keyspace
+            .open_partition("tiles", Default::default())
+            .unwrap();
         let mut rng = Rng(7);
         let mut per_tile = Vec::new();
         for c in 0..checkpoints {

@@ -6,11 +6,20 @@ pub struct Likes;
 
 impl Feature for Likes {
     fn init(_config: &str) -> Result<(Self, Vec<FeatureSpec>), String> {
-        Ok((Likes, vec![FeatureSpec::count("likes_per_post", "post_id", &[60, 1800, 86400])]))
+        Ok((
+            Likes,
+            vec![FeatureSpec::count(
+                "likes_per_post",
+                "post_id",
+                &[60, 1800, 86400],
+            )],
+        ))
     }
 
     fn process(&mut self, events: &EventBatch, out: &mut Updates) -> Result<(), String> {
-        let Some(like) = events.type_id("like") else { return Ok(()) };
+        let Some(like) = events.type_id("like") else {
+            return Ok(());
+        };
         for (row, ty) in events.event_type.iter().enumerate() {
             if *ty == like {
                 out.push(0, row, 1.0);

@@ -38,7 +38,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the host log".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the host log".to_string(),
+                )
             }
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -59,7 +62,10 @@ struct AppState {
 /// The router, built without a socket so tests can call it directly.
 pub fn router(store: Arc<dyn TileStore>) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/v1/features", get(list_features))
         .route("/v1/features/{feature}/entities/{entity}", get(get_feature))
         .with_state(AppState { store })
@@ -67,7 +73,9 @@ pub fn router(store: Arc<dyn TileStore>) -> Router {
 
 async fn list_features(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = s.store.clone();
-    let features = tokio::task::spawn_blocking(move || store.features()).await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    let features = tokio::task::spawn_blocking(move || store.features())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(serde_json::json!({ "features": features })))
 }
 
@@ -82,7 +90,9 @@ async fn get_feature(
     Path((feature, entity)): Path<(String, String)>,
     Query(q): Query<WindowParams>,
 ) -> Result<Json<query::FeatureAnswer>, ApiError> {
-    let window = q.window.as_deref().ok_or_else(|| ApiError::BadRequest("query parameter `window` is required, e.g. ?window=2h".into()))?;
+    let window = q.window.as_deref().ok_or_else(|| {
+        ApiError::BadRequest("query parameter `window` is required, e.g. ?window=2h".into())
+    })?;
     let window_ms = query::parse_window(window).map_err(ApiError::BadRequest)?;
     let at_ms = match q.at.as_deref() {
         Some(a) => query::parse_at(a).map_err(ApiError::BadRequest)?,
@@ -95,7 +105,13 @@ async fn get_feature(
             .into_iter()
             .find(|f| f.name == feature)
             .ok_or_else(|| ApiError::NotFound(format!("no feature named `{feature}`")))?;
-        Ok(query::answer(store.as_ref(), &f, &entity, window_ms, at_ms)?)
+        Ok(query::answer(
+            store.as_ref(),
+            &f,
+            &entity,
+            window_ms,
+            at_ms,
+        )?)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;

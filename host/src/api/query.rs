@@ -26,11 +26,19 @@ pub struct FeatureAnswer {
     pub tiles: Vec<TileRange>,
 }
 
-pub fn answer(store: &dyn TileStore, feature: &StoredFeature, entity: &str, window_ms: i64, at_ms: i64) -> Result<FeatureAnswer, StoreError> {
+pub fn answer(
+    store: &dyn TileStore,
+    feature: &StoredFeature,
+    entity: &str,
+    window_ms: i64,
+    at_ms: i64,
+) -> Result<FeatureAnswer, StoreError> {
     let c = cover(at_ms, window_ms, &feature.sizes_ms());
     let mut agg = TileAgg::EMPTY;
     for r in &c.ranges {
-        for (_, tile) in store.read_tiles(feature.id, entity.as_bytes(), r.size_ms, r.start, r.end)? {
+        for (_, tile) in
+            store.read_tiles(feature.id, entity.as_bytes(), r.size_ms, r.start, r.end)?
+        {
             agg.merge(&tile);
         }
     }
@@ -50,7 +58,8 @@ pub fn answer(store: &dyn TileStore, feature: &StoredFeature, entity: &str, wind
 
 /// Parses a window such as `30m`, `2h`, `1d` into milliseconds.
 pub fn parse_window(text: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| format!("window `{text}`: {e} (use e.g. 30m, 2h, 1d)"))?;
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("window `{text}`: {e} (use e.g. 30m, 2h, 1d)"))?;
     let ms = d.as_millis();
     if ms == 0 || ms > 10 * 365 * 86_400_000 {
         return Err(format!("window `{text}` must be between 1ms and 10 years"));
@@ -65,7 +74,10 @@ pub fn parse_at(text: &str) -> Result<i64, String> {
     }
     humantime::parse_rfc3339_weak(text.trim())
         .map_err(|e| format!("time `{text}`: {e} (use ms since the epoch or RFC 3339)"))
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("time `{text}` is before 1970")))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| format!("time `{text}` is before 1970"))
+        })
         .map(|d| d.as_millis() as i64)
 }
 

@@ -23,7 +23,9 @@ use std::time::Instant;
 
 use crate::config::{Config, QuarantineAction};
 use crate::error::PipelineError;
-use crate::plugin::{FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime, PluginSource};
+use crate::plugin::{
+    FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime, PluginSource,
+};
 use crate::record::{
     bytes_at, now_ms, select_events, select_raw, EventBatch, LateBatch, LateDecision, RawBatch,
 };
@@ -85,20 +87,34 @@ impl Pipeline {
     /// Loads every plugin, registers their features in the store and opens
     /// the source at its committed position.
     pub fn build(cfg: Config, store: Arc<dyn TileStore>) -> Result<Self, PipelineError> {
-        let runtime = PluginRuntime::new(&cfg.runtime).map_err(|e| PipelineError::PluginLoad { plugin: "(engine)".into(), source: e })?;
+        let runtime = PluginRuntime::new(&cfg.runtime).map_err(|e| PipelineError::PluginLoad {
+            plugin: "(engine)".into(),
+            source: e,
+        })?;
         let load_err = |name: &str| {
             let plugin = name.to_string();
-            move |source: PluginError| PipelineError::PluginLoad { plugin: plugin.clone(), source }
+            move |source: PluginError| PipelineError::PluginLoad {
+                plugin: plugin.clone(),
+                source,
+            }
         };
         let parser = PluginSource::from_config(&cfg.parser)
             .and_then(|s| runtime.load_parser(&s))
             .map_err(load_err(&cfg.parser.name))?;
         let mut loaded = Vec::new();
         for f in &cfg.features {
-            loaded.push(PluginSource::from_config(f).and_then(|s| runtime.load_feature(&s)).map_err(load_err(&f.name))?);
+            loaded.push(
+                PluginSource::from_config(f)
+                    .and_then(|s| runtime.load_feature(&s))
+                    .map_err(load_err(&f.name))?,
+            );
         }
         let late = match &cfg.late {
-            Some(l) => Some(PluginSource::from_config(l).and_then(|s| runtime.load_late(&s)).map_err(load_err(&l.name))?),
+            Some(l) => Some(
+                PluginSource::from_config(l)
+                    .and_then(|s| runtime.load_late(&s))
+                    .map_err(load_err(&l.name))?,
+            ),
             None => None,
         };
 
@@ -107,11 +123,12 @@ impl Pipeline {
         for p in &loaded {
             for spec in p.specs() {
                 let f = StoredFeature::from_spec(&p.meta().name, spec);
-                f.validate().map_err(|reason| PipelineError::InvalidFeature {
-                    plugin: p.meta().name.clone(),
-                    feature: spec.name.clone(),
-                    reason,
-                })?;
+                f.validate()
+                    .map_err(|reason| PipelineError::InvalidFeature {
+                        plugin: p.meta().name.clone(),
+                        feature: spec.name.clone(),
+                        reason,
+                    })?;
                 if !seen.insert(f.name.clone()) {
                     return Err(PipelineError::DuplicateFeature(f.name));
                 }
@@ -128,7 +145,12 @@ impl Pipeline {
                     .iter()
                     .map(|spec| {
                         let (id, f) = ids.next().expect("one id per spec");
-                        FeatureDef { id, plugin: plugin.meta().name.clone(), spec: spec.clone(), sizes_ms: f.sizes_ms() }
+                        FeatureDef {
+                            id,
+                            plugin: plugin.meta().name.clone(),
+                            spec: spec.clone(),
+                            sizes_ms: f.sizes_ms(),
+                        }
                     })
                     .collect();
                 FeatureStage { plugin, defs }
@@ -142,8 +164,10 @@ impl Pipeline {
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map(u64::from_be_bytes))
         };
-        let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
-        let side_output = NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
+        let dead_letter =
+            NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
+        let side_output =
+            NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
         let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
         Ok(Pipeline {
             dead_letter,
@@ -173,7 +197,10 @@ impl Pipeline {
 
     /// Features by plugin, as registered.
     pub fn feature_defs(&self) -> Vec<FeatureDef> {
-        self.features.iter().flat_map(|f| f.defs.iter().cloned()).collect()
+        self.features
+            .iter()
+            .flat_map(|f| f.defs.iter().cloned())
+            .collect()
     }
 
     /// Runs until the source ends (or the stop flag is set), checkpointing
@@ -183,7 +210,9 @@ impl Pipeline {
         let mut last_checkpoint = Instant::now();
         let mut last_progress = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else { break };
+            let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
+                break;
+            };
             self.process(batch)?;
             if self.tiler.pending_updates() >= self.cfg.pipeline.checkpoint_events
                 || last_checkpoint.elapsed() >= self.cfg.pipeline.checkpoint_interval
@@ -219,15 +248,32 @@ impl Pipeline {
         self.side_output.sync()?;
         let deltas = self.tiler.drain();
         let mut positions = self.source.positions();
-        positions.push((DEAD_LETTER_KEY.into(), self.dead_letter.committed_len().to_be_bytes().to_vec()));
-        positions.push((SIDE_OUTPUT_KEY.into(), self.side_output.committed_len().to_be_bytes().to_vec()));
+        positions.push((
+            DEAD_LETTER_KEY.into(),
+            self.dead_letter.committed_len().to_be_bytes().to_vec(),
+        ));
+        positions.push((
+            SIDE_OUTPUT_KEY.into(),
+            self.side_output.committed_len().to_be_bytes().to_vec(),
+        ));
         self.stats.tiles_written += deltas.len() as u64;
-        self.store.commit(&Checkpoint { pipeline: self.cfg.pipeline.name.clone(), deltas, positions })?;
+        self.store.commit(&Checkpoint {
+            pipeline: self.cfg.pipeline.name.clone(),
+            deltas,
+            positions,
+        })?;
         self.stats.checkpoints += 1;
         Ok(())
     }
 
-    fn dead_letter(&mut self, stage: Stage, plugin: Option<&PluginMeta>, reason: &str, raw: &RawBatch, row: usize) -> Result<(), PipelineError> {
+    fn dead_letter(
+        &mut self,
+        stage: Stage,
+        plugin: Option<&PluginMeta>,
+        reason: &str,
+        raw: &RawBatch,
+        row: usize,
+    ) -> Result<(), PipelineError> {
         let mut dl = DeadLetter {
             at: now_ms(),
             pipeline: self.cfg.pipeline.name.clone(),
@@ -282,7 +328,11 @@ impl Pipeline {
     /// Parses `raw`; on a failed call, halves and retries so that only the
     /// records that break the parser are dead-lettered. Successful pieces are
     /// pushed to `out` in input order.
-    fn parse_isolating(&mut self, raw: RawBatch, out: &mut Vec<(RawBatch, EventBatch)>) -> Result<(), PipelineError> {
+    fn parse_isolating(
+        &mut self,
+        raw: RawBatch,
+        out: &mut Vec<(RawBatch, EventBatch)>,
+    ) -> Result<(), PipelineError> {
         match self.parser.parse(&raw) {
             Ok(parsed) => {
                 let meta = self.parser.meta().clone();
@@ -298,7 +348,15 @@ impl Pipeline {
                 let meta = self.parser.meta().clone();
                 if self.parser.health().quarantined {
                     let action = self.parser.quarantine_policy().action;
-                    return self.quarantined(action, &meta, self.parser.health().consecutive_failures, &err, Stage::Parse, &raw, 0..raw.offsets.len());
+                    return self.quarantined(
+                        action,
+                        &meta,
+                        self.parser.health().consecutive_failures,
+                        &err,
+                        Stage::Parse,
+                        &raw,
+                        0..raw.offsets.len(),
+                    );
                 }
                 let n = raw.offsets.len();
                 if n == 1 {
@@ -326,7 +384,11 @@ impl Pipeline {
         rows: impl Iterator<Item = usize>,
     ) -> Result<(), PipelineError> {
         match action {
-            QuarantineAction::Halt => Err(PipelineError::Quarantined { plugin: meta.name.clone(), failures, last: err.to_string() }),
+            QuarantineAction::Halt => Err(PipelineError::Quarantined {
+                plugin: meta.name.clone(),
+                failures,
+                last: err.to_string(),
+            }),
             QuarantineAction::DeadLetter => {
                 let reason = format!("plugin quarantined ({err})");
                 for row in rows {
@@ -351,13 +413,21 @@ impl Pipeline {
 
     /// Sends events behind the watermark to the late-data handler and keeps
     /// those it accepts; advances the watermark with this batch.
-    fn route_late(&mut self, raw: &RawBatch, events: EventBatch) -> Result<EventBatch, PipelineError> {
+    fn route_late(
+        &mut self,
+        raw: &RawBatch,
+        events: EventBatch,
+    ) -> Result<EventBatch, PipelineError> {
         let watermark = self.watermarks.current();
         if let Some(max) = events.event_time.iter().max() {
             self.watermarks.observe(&raw.topic, raw.partition, *max);
         }
-        let Some(wm) = watermark else { return Ok(events) };
-        let late_rows: Vec<u32> = (0..events.len).filter(|r| events.event_time[*r as usize] < wm).collect();
+        let Some(wm) = watermark else {
+            return Ok(events);
+        };
+        let late_rows: Vec<u32> = (0..events.len)
+            .filter(|r| events.event_time[*r as usize] < wm)
+            .collect();
         if late_rows.is_empty() {
             return Ok(events);
         }
@@ -366,23 +436,49 @@ impl Pipeline {
             return Ok(events);
         };
         let late_events = select_events(&events, &late_rows);
-        let lateness_ms = late_events.event_time.iter().map(|t| wm - t).collect::<Vec<_>>();
-        let batch = LateBatch { events: late_events, lateness_ms, watermark: wm };
+        let lateness_ms = late_events
+            .event_time
+            .iter()
+            .map(|t| wm - t)
+            .collect::<Vec<_>>();
+        let batch = LateBatch {
+            events: late_events,
+            lateness_ms,
+            watermark: wm,
+        };
         let meta = handler.meta().clone();
         let decisions = match handler.decide(&batch) {
             Ok(d) => d,
             Err(err) => {
                 // Without a decision no late event may be guessed at: all go to the dead letter.
-                let quarantined = handler.health().quarantined.then(|| (handler.quarantine_policy().action, handler.health().consecutive_failures));
-                let rows: Vec<usize> = late_rows.iter().map(|r| events.source_row[*r as usize] as usize).collect();
+                let quarantined = handler.health().quarantined.then(|| {
+                    (
+                        handler.quarantine_policy().action,
+                        handler.health().consecutive_failures,
+                    )
+                });
+                let rows: Vec<usize> = late_rows
+                    .iter()
+                    .map(|r| events.source_row[*r as usize] as usize)
+                    .collect();
                 if let Some((action, failures)) = quarantined {
-                    self.quarantined(action, &meta, failures, &err, Stage::Late, raw, rows.into_iter())?;
+                    self.quarantined(
+                        action,
+                        &meta,
+                        failures,
+                        &err,
+                        Stage::Late,
+                        raw,
+                        rows.into_iter(),
+                    )?;
                 } else {
                     for row in rows {
                         self.dead_letter(Stage::Late, Some(&meta), &err.to_string(), raw, row)?;
                     }
                 }
-                let keep: Vec<u32> = (0..events.len).filter(|r| events.event_time[*r as usize] >= wm).collect();
+                let keep: Vec<u32> = (0..events.len)
+                    .filter(|r| events.event_time[*r as usize] >= wm)
+                    .collect();
                 return Ok(select_events(&events, &keep));
             }
         };
@@ -424,7 +520,12 @@ impl Pipeline {
 
     /// Runs feature plugin `i` over `events`, halving on failure so that only
     /// the events that break it are dead-lettered, and folds updates into tiles.
-    fn feature_isolating(&mut self, i: usize, raw: &RawBatch, events: &EventBatch) -> Result<(), PipelineError> {
+    fn feature_isolating(
+        &mut self,
+        i: usize,
+        raw: &RawBatch,
+        events: &EventBatch,
+    ) -> Result<(), PipelineError> {
         let stage = &mut self.features[i];
         match stage.plugin.process(events) {
             Ok(updates) => {
@@ -442,13 +543,30 @@ impl Pipeline {
             Err(err) => {
                 let meta = stage.plugin.meta().clone();
                 if stage.plugin.health().quarantined {
-                    let (action, failures) = (stage.plugin.quarantine_policy().action, stage.plugin.health().consecutive_failures);
+                    let (action, failures) = (
+                        stage.plugin.quarantine_policy().action,
+                        stage.plugin.health().consecutive_failures,
+                    );
                     let rows: Vec<usize> = events.source_row.iter().map(|r| *r as usize).collect();
-                    return self.quarantined(action, &meta, failures, &err, Stage::Feature, raw, rows.into_iter());
+                    return self.quarantined(
+                        action,
+                        &meta,
+                        failures,
+                        &err,
+                        Stage::Feature,
+                        raw,
+                        rows.into_iter(),
+                    );
                 }
                 let n = events.len;
                 if n == 1 {
-                    return self.dead_letter(Stage::Feature, Some(&meta), &err.to_string(), raw, events.source_row[0] as usize);
+                    return self.dead_letter(
+                        Stage::Feature,
+                        Some(&meta),
+                        &err.to_string(),
+                        raw,
+                        events.source_row[0] as usize,
+                    );
                 }
                 let mid = n / 2;
                 let left: Vec<u32> = (0..mid).collect();
@@ -462,7 +580,11 @@ impl Pipeline {
     /// Health of every plugin, by name.
     pub fn plugin_health(&self) -> Vec<(PluginMeta, crate::plugin::PluginHealth)> {
         let mut v = vec![(self.parser.meta().clone(), self.parser.health().clone())];
-        v.extend(self.features.iter().map(|f| (f.plugin.meta().clone(), f.plugin.health().clone())));
+        v.extend(
+            self.features
+                .iter()
+                .map(|f| (f.plugin.meta().clone(), f.plugin.health().clone())),
+        );
         if let Some(l) = &self.late {
             v.push((l.meta().clone(), l.health().clone()));
         }

@@ -11,7 +11,10 @@ pub enum PluginError {
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
     #[error("component does not implement world {world}: {message}")]
-    WrongWorld { world: &'static str, message: String },
+    WrongWorld {
+        world: &'static str,
+        message: String,
+    },
     #[error("plugin init failed: {0}")]
     Init(String),
     #[error("exceeded its CPU budget of {fuel} fuel per call")]
@@ -23,7 +26,11 @@ pub enum PluginError {
     #[error("trapped: {0}")]
     Trap(String),
     #[error("returned {got} {what}, over its limit of {limit}")]
-    OutputTooLarge { what: &'static str, got: usize, limit: usize },
+    OutputTooLarge {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
     #[error("returned malformed output: {0}")]
     MalformedOutput(String),
     #[error("returned an error: {0}")]
@@ -35,6 +42,11 @@ pub enum PluginError {
 impl PluginError {
     /// Whether this failure came from loading rather than from one call.
     pub fn is_load_error(&self) -> bool {
-        matches!(self, PluginError::Read { .. } | PluginError::NotAComponent(_) | PluginError::WrongWorld { .. })
+        matches!(
+            self,
+            PluginError::Read { .. }
+                | PluginError::NotAComponent(_)
+                | PluginError::WrongWorld { .. }
+        )
     }
 }

@@ -6,7 +6,9 @@ use serde::Serialize;
 use std::sync::Arc;
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{self, EventBatch, FeatureSpec, LateBatch, LateDecision, ParseOutput, RawBatch, UpdateBatch};
+use super::bindings::{
+    self, EventBatch, FeatureSpec, LateBatch, LateDecision, ParseOutput, RawBatch, UpdateBatch,
+};
 use super::runtime::{PluginRuntime, PluginSource};
 use super::state::PluginState;
 use super::{PluginError, PluginMeta};
@@ -40,8 +42,14 @@ impl Template for bindings::parser::ParserPluginPre<PluginState> {
     fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Self::Bindings> {
         bindings::parser::ParserPluginPre::instantiate(self, store)
     }
-    fn init(b: &Self::Bindings, store: &mut Store<PluginState>, config: &str) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
-        Ok(b.tessera_plugin_parser().call_init(store, config)?.map(|()| Vec::new()))
+    fn init(
+        b: &Self::Bindings,
+        store: &mut Store<PluginState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
+        Ok(b.tessera_plugin_parser()
+            .call_init(store, config)?
+            .map(|()| Vec::new()))
     }
 }
 
@@ -50,7 +58,11 @@ impl Template for bindings::feature::FeaturePluginPre<PluginState> {
     fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Self::Bindings> {
         bindings::feature::FeaturePluginPre::instantiate(self, store)
     }
-    fn init(b: &Self::Bindings, store: &mut Store<PluginState>, config: &str) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
+    fn init(
+        b: &Self::Bindings,
+        store: &mut Store<PluginState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
         b.tessera_plugin_feature().call_init(store, config)
     }
 }
@@ -60,8 +72,14 @@ impl Template for bindings::late::LatePluginPre<PluginState> {
     fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Self::Bindings> {
         bindings::late::LatePluginPre::instantiate(self, store)
     }
-    fn init(b: &Self::Bindings, store: &mut Store<PluginState>, config: &str) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
-        Ok(b.tessera_plugin_late_handler().call_init(store, config)?.map(|()| Vec::new()))
+    fn init(
+        b: &Self::Bindings,
+        store: &mut Store<PluginState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<Vec<FeatureSpec>, String>> {
+        Ok(b.tessera_plugin_late_handler()
+            .call_init(store, config)?
+            .map(|()| Vec::new()))
     }
 }
 
@@ -81,7 +99,12 @@ pub(super) struct Sandbox<T: Template> {
 }
 
 impl<T: Template> Sandbox<T> {
-    pub(super) fn new(rt: &PluginRuntime, meta: PluginMeta, template: T, src: &PluginSource) -> Self {
+    pub(super) fn new(
+        rt: &PluginRuntime,
+        meta: PluginMeta,
+        template: T,
+        src: &PluginSource,
+    ) -> Self {
         Sandbox {
             meta,
             engine: rt.engine().clone(),
@@ -102,11 +125,21 @@ impl<T: Template> Sandbox<T> {
         if self.live.is_some() {
             return Ok(());
         }
-        let state = PluginState::new(Arc::from(self.meta.name.as_str()), self.quotas.max_memory_bytes);
+        let state = PluginState::new(
+            Arc::from(self.meta.name.as_str()),
+            self.quotas.max_memory_bytes,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        arm(&mut store, self.fuel.then_some(self.quotas.fuel_per_call), self.ticks);
-        let bindings = self.template.instantiate(&mut store).map_err(|e| classify(e, &store, &self.quotas))?;
+        arm(
+            &mut store,
+            self.fuel.then_some(self.quotas.fuel_per_call),
+            self.ticks,
+        );
+        let bindings = self
+            .template
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, &self.quotas))?;
         match T::init(&bindings, &mut store, &self.config_json) {
             Ok(Ok(specs)) => {
                 self.specs = specs;
@@ -128,8 +161,14 @@ impl<T: Template> Sandbox<T> {
             return Err(PluginError::Quarantined);
         }
         self.ensure_live()?;
-        let Some((store, bindings)) = self.live.as_mut() else { unreachable!("instance is live after ensure_live") };
-        arm(store, self.fuel.then_some(self.quotas.fuel_per_call), self.ticks);
+        let Some((store, bindings)) = self.live.as_mut() else {
+            unreachable!("instance is live after ensure_live")
+        };
+        arm(
+            store,
+            self.fuel.then_some(self.quotas.fuel_per_call),
+            self.ticks,
+        );
         match f(bindings, store) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -163,14 +202,22 @@ impl<T: Template> Sandbox<T> {
 
     fn check_records(&self, what: &'static str, got: usize) -> Result<(), PluginError> {
         if got > self.quotas.max_output_records {
-            return Err(PluginError::OutputTooLarge { what, got, limit: self.quotas.max_output_records });
+            return Err(PluginError::OutputTooLarge {
+                what,
+                got,
+                limit: self.quotas.max_output_records,
+            });
         }
         Ok(())
     }
 
     fn check_bytes(&self, got: usize) -> Result<(), PluginError> {
         if got > self.quotas.max_output_bytes {
-            return Err(PluginError::OutputTooLarge { what: "bytes", got, limit: self.quotas.max_output_bytes });
+            return Err(PluginError::OutputTooLarge {
+                what: "bytes",
+                got,
+                limit: self.quotas.max_output_bytes,
+            });
         }
         Ok(())
     }
@@ -193,9 +240,15 @@ fn classify(e: wasmtime::Error, store: &Store<PluginState>, quotas: &Quotas) -> 
     let stderr = store.data().stderr.recent();
     let memory_hit = store.data().limiter.hit;
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => PluginError::CpuBudget { fuel: quotas.fuel_per_call },
-        Some(Trap::Interrupt) => PluginError::WallTime { ms: quotas.wall_time_per_call.as_millis() },
-        _ if memory_hit => PluginError::Memory { bytes: quotas.max_memory_bytes },
+        Some(Trap::OutOfFuel) => PluginError::CpuBudget {
+            fuel: quotas.fuel_per_call,
+        },
+        Some(Trap::Interrupt) => PluginError::WallTime {
+            ms: quotas.wall_time_per_call.as_millis(),
+        },
+        _ if memory_hit => PluginError::Memory {
+            bytes: quotas.max_memory_bytes,
+        },
         Some(trap) if stderr.is_empty() => PluginError::Trap(trap.to_string()),
         Some(trap) => PluginError::Trap(format!("{trap}; plugin stderr: {stderr}")),
         None => PluginError::Trap(format!("{e:#}")),
@@ -240,18 +293,32 @@ impl ParserPlugin {
     /// length, every row index points into `batch`, and it is within quotas.
     pub fn parse(&mut self, batch: &RawBatch) -> Result<ParseOutput, PluginError> {
         let n = batch.offsets.len();
-        let result = self.sandbox.call(|b, store| b.tessera_plugin_parser().call_parse(store, batch)).and_then(|out| {
-            self.sandbox.check_records("events and errors", out.events.len as usize + out.errors.len())?;
-            self.sandbox.check_bytes(event_batch_bytes(&out.events) + out.errors.iter().map(|e| e.reason.len() + 4).sum::<usize>())?;
-            validate_event_batch(&out.events).map_err(PluginError::MalformedOutput)?;
-            if let Some(r) = out.events.source_row.iter().find(|r| **r as usize >= n) {
-                return Err(PluginError::MalformedOutput(format!("event source row {r} out of range for a batch of {n}")));
-            }
-            if let Some(e) = out.errors.iter().find(|e| e.row as usize >= n) {
-                return Err(PluginError::MalformedOutput(format!("error row {} out of range for a batch of {n}", e.row)));
-            }
-            Ok(out)
-        });
+        let result = self
+            .sandbox
+            .call(|b, store| b.tessera_plugin_parser().call_parse(store, batch))
+            .and_then(|out| {
+                self.sandbox.check_records(
+                    "events and errors",
+                    out.events.len as usize + out.errors.len(),
+                )?;
+                self.sandbox.check_bytes(
+                    event_batch_bytes(&out.events)
+                        + out.errors.iter().map(|e| e.reason.len() + 4).sum::<usize>(),
+                )?;
+                validate_event_batch(&out.events).map_err(PluginError::MalformedOutput)?;
+                if let Some(r) = out.events.source_row.iter().find(|r| **r as usize >= n) {
+                    return Err(PluginError::MalformedOutput(format!(
+                        "event source row {r} out of range for a batch of {n}"
+                    )));
+                }
+                if let Some(e) = out.errors.iter().find(|e| e.row as usize >= n) {
+                    return Err(PluginError::MalformedOutput(format!(
+                        "error row {} out of range for a batch of {n}",
+                        e.row
+                    )));
+                }
+                Ok(out)
+            });
         self.sandbox.record(result)
     }
 }
@@ -293,13 +360,19 @@ impl FeaturePlugin {
                     )));
                 }
                 if let Some(r) = out.row.iter().find(|r| **r as usize >= n) {
-                    return Err(PluginError::MalformedOutput(format!("update row {r} out of range for {n} events")));
+                    return Err(PluginError::MalformedOutput(format!(
+                        "update row {r} out of range for {n} events"
+                    )));
                 }
                 if let Some(f) = out.feature.iter().find(|f| **f as usize >= n_specs) {
-                    return Err(PluginError::MalformedOutput(format!("update feature {f} out of range for {n_specs} features")));
+                    return Err(PluginError::MalformedOutput(format!(
+                        "update feature {f} out of range for {n_specs} features"
+                    )));
                 }
                 if let Some(v) = out.value.iter().find(|v| !v.is_finite()) {
-                    return Err(PluginError::MalformedOutput(format!("update value {v} is not finite")));
+                    return Err(PluginError::MalformedOutput(format!(
+                        "update value {v} is not finite"
+                    )));
                 }
                 Ok(out)
             });
@@ -321,13 +394,19 @@ impl LatePlugin {
     /// One decision per late event.
     pub fn decide(&mut self, batch: &LateBatch) -> Result<Vec<LateDecision>, PluginError> {
         let n = batch.events.len as usize;
-        let result = self.sandbox.call(|b, store| b.tessera_plugin_late_handler().call_decide(store, batch)).and_then(|out| {
-            self.sandbox.check_records("decisions", out.len())?;
-            if out.len() != n {
-                return Err(PluginError::MalformedOutput(format!("{} decisions for {n} late events", out.len())));
-            }
-            Ok(out)
-        });
+        let result = self
+            .sandbox
+            .call(|b, store| b.tessera_plugin_late_handler().call_decide(store, batch))
+            .and_then(|out| {
+                self.sandbox.check_records("decisions", out.len())?;
+                if out.len() != n {
+                    return Err(PluginError::MalformedOutput(format!(
+                        "{} decisions for {n} late events",
+                        out.len()
+                    )));
+                }
+                Ok(out)
+            });
         self.sandbox.record(result)
     }
 }

@@ -13,7 +13,7 @@ use super::bindings;
 use super::instance::{FeaturePlugin, LatePlugin, ParserPlugin, Sandbox};
 use super::state::PluginState;
 use super::{PluginError, PluginKind, PluginMeta};
-use crate::config::{PluginConfig, Quotas, QuarantinePolicy, RuntimeConfig};
+use crate::config::{PluginConfig, QuarantinePolicy, Quotas, RuntimeConfig};
 
 /// Where a component comes from, and how to run it.
 #[derive(Clone, Debug)]
@@ -73,13 +73,20 @@ impl PluginRuntime {
             Ok(linker)
         };
         let parser_linker = linker(|l| {
-            bindings::parser::ParserPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s)
+            bindings::parser::ParserPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(
+                l,
+                |s| s,
+            )
         })?;
         let feature_linker = linker(|l| {
-            bindings::feature::FeaturePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s)
+            bindings::feature::FeaturePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(
+                l,
+                |s| s,
+            )
         })?;
-        let late_linker =
-            linker(|l| bindings::late::LatePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s))?;
+        let late_linker = linker(|l| {
+            bindings::late::LatePlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(l, |s| s)
+        })?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -96,7 +103,14 @@ impl PluginRuntime {
                 })
                 .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
         }
-        Ok(PluginRuntime { engine, settings: settings.clone(), parser_linker, feature_linker, late_linker, ticker_stop })
+        Ok(PluginRuntime {
+            engine,
+            settings: settings.clone(),
+            parser_linker,
+            feature_linker,
+            late_linker,
+            ticker_stop,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -114,7 +128,11 @@ impl PluginRuntime {
         (wall.as_nanos() / self.settings.epoch_tick.as_nanos().max(1)) as u64 + 2
     }
 
-    fn compile(&self, src: &PluginSource, kind: PluginKind) -> Result<(Component, PluginMeta), PluginError> {
+    fn compile(
+        &self,
+        src: &PluginSource,
+        kind: PluginKind,
+    ) -> Result<(Component, PluginMeta), PluginError> {
         let version = match &src.version {
             Some(v) => v.clone(),
             None => {
@@ -122,14 +140,18 @@ impl PluginRuntime {
                 digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
             }
         };
-        let meta = PluginMeta { name: src.name.clone(), version, kind };
+        let meta = PluginMeta {
+            name: src.name.clone(),
+            version,
+            kind,
+        };
         if wasmparser_is_core_module(&src.bytes) {
             return Err(PluginError::NotAComponent(
                 "this is a core WebAssembly module; build a component (cargo build --target wasm32-wasip2)".into(),
             ));
         }
-        let component =
-            Component::new(&self.engine, &src.bytes).map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, &src.bytes)
+            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
         Ok((component, meta))
     }
 
@@ -137,8 +159,12 @@ impl PluginRuntime {
     /// initialises it once, so config errors surface at load time.
     pub fn load_parser(&self, src: &PluginSource) -> Result<ParserPlugin, PluginError> {
         let (component, meta) = self.compile(src, PluginKind::Parser)?;
-        let pre = self.parser_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Parser, e))?;
-        let pre = bindings::parser::ParserPluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Parser, e))?;
+        let pre = self
+            .parser_linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong_world(PluginKind::Parser, e))?;
+        let pre = bindings::parser::ParserPluginPre::new(pre)
+            .map_err(|e| wrong_world(PluginKind::Parser, e))?;
         let mut plugin = ParserPlugin::new(Sandbox::new(self, meta, pre, src));
         plugin.warm_up()?;
         Ok(plugin)
@@ -147,8 +173,12 @@ impl PluginRuntime {
     /// Compiles and type-checks a feature plugin and reads its feature specs.
     pub fn load_feature(&self, src: &PluginSource) -> Result<FeaturePlugin, PluginError> {
         let (component, meta) = self.compile(src, PluginKind::Feature)?;
-        let pre = self.feature_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Feature, e))?;
-        let pre = bindings::feature::FeaturePluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Feature, e))?;
+        let pre = self
+            .feature_linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong_world(PluginKind::Feature, e))?;
+        let pre = bindings::feature::FeaturePluginPre::new(pre)
+            .map_err(|e| wrong_world(PluginKind::Feature, e))?;
         let mut plugin = FeaturePlugin::new(Sandbox::new(self, meta, pre, src));
         plugin.warm_up()?;
         Ok(plugin)
@@ -157,8 +187,12 @@ impl PluginRuntime {
     /// Compiles and type-checks a late-data handler.
     pub fn load_late(&self, src: &PluginSource) -> Result<LatePlugin, PluginError> {
         let (component, meta) = self.compile(src, PluginKind::Late)?;
-        let pre = self.late_linker.instantiate_pre(&component).map_err(|e| wrong_world(PluginKind::Late, e))?;
-        let pre = bindings::late::LatePluginPre::new(pre).map_err(|e| wrong_world(PluginKind::Late, e))?;
+        let pre = self
+            .late_linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong_world(PluginKind::Late, e))?;
+        let pre = bindings::late::LatePluginPre::new(pre)
+            .map_err(|e| wrong_world(PluginKind::Late, e))?;
         let mut plugin = LatePlugin::new(Sandbox::new(self, meta, pre, src));
         plugin.warm_up()?;
         Ok(plugin)
@@ -172,7 +206,10 @@ impl Drop for PluginRuntime {
 }
 
 fn wrong_world(kind: PluginKind, e: wasmtime::Error) -> PluginError {
-    PluginError::WrongWorld { world: kind.world(), message: format!("{e:#}") }
+    PluginError::WrongWorld {
+        world: kind.world(),
+        message: format!("{e:#}"),
+    }
 }
 
 /// A core module starts with `\0asm` and version 1; a component has the

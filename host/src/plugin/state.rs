@@ -27,13 +27,18 @@ impl PluginState {
         let mut b = WasiCtx::builder();
         // Deny everything ambient: no preopens, env, args or stdin (defaults),
         // and no sockets of any kind.
-        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         b.stdout(stdout).stderr(stderr.clone());
         PluginState {
             plugin,
             wasi: b.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_bytes: max_memory_bytes, hit: false },
+            limiter: MemoryLimiter {
+                max_bytes: max_memory_bytes,
+                hit: false,
+            },
             stderr,
         }
     }
@@ -41,7 +46,10 @@ impl PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -83,7 +91,12 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
             return Ok(false);
@@ -91,7 +104,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -113,7 +131,12 @@ struct LogPipeInner {
 impl LogPipe {
     fn new(plugin: Arc<str>, stream: &'static str) -> Self {
         LogPipe {
-            inner: Arc::new(Mutex::new(LogPipeInner { plugin, stream, partial: Vec::new(), recent: Default::default() })),
+            inner: Arc::new(Mutex::new(LogPipeInner {
+                plugin,
+                stream,
+                partial: Vec::new(),
+                recent: Default::default(),
+            })),
         }
     }
 
@@ -209,11 +232,17 @@ impl tokio::io::AsyncWrite for LogPipe {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }

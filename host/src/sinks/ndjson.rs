@@ -25,7 +25,12 @@ impl NdjsonSink {
     /// The file is created (with its directory) on the first write.
     pub fn new(path: &Path) -> Self {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        NdjsonSink { path: path.to_owned(), out: None, written: 0, len }
+        NdjsonSink {
+            path: path.to_owned(),
+            out: None,
+            written: 0,
+            len,
+        }
     }
 
     /// Opens the sink where the last checkpoint left it: anything beyond
@@ -35,7 +40,10 @@ impl NdjsonSink {
         let mut sink = NdjsonSink::new(path);
         if let Some(committed) = committed_len {
             if sink.len > committed {
-                let f = OpenOptions::new().write(true).open(path).map_err(|e| sink.err(e))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| sink.err(e))?;
                 f.set_len(committed).map_err(|e| sink.err(e))?;
                 f.sync_all().map_err(|e| sink.err(e))?;
                 tracing::info!(path = %path.display(), cut = sink.len - committed, "cut uncommitted rows from the end of the file");
@@ -60,7 +68,10 @@ impl NdjsonSink {
     }
 
     fn err(&self, e: std::io::Error) -> SinkError {
-        SinkError::Write { path: self.path.clone(), source: e }
+        SinkError::Write {
+            path: self.path.clone(),
+            source: e,
+        }
     }
 
     pub fn write<T: Serialize>(&mut self, row: &T) -> Result<(), SinkError> {
@@ -68,13 +79,20 @@ impl NdjsonSink {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.err(e))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| self.err(e))?;
             self.out = Some(BufWriter::new(f));
         }
         let mut line = serde_json::to_vec(row).map_err(|e| self.err(e.into()))?;
         line.push(b'\n');
         let out = self.out.as_mut().expect("opened above");
-        out.write_all(&line).map_err(|e| SinkError::Write { path: self.path.clone(), source: e })?;
+        out.write_all(&line).map_err(|e| SinkError::Write {
+            path: self.path.clone(),
+            source: e,
+        })?;
         self.written += 1;
         self.len += line.len() as u64;
         Ok(())
@@ -83,8 +101,14 @@ impl NdjsonSink {
     /// Flushes and fsyncs what was written.
     pub fn sync(&mut self) -> Result<(), SinkError> {
         if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|e| SinkError::Write { path: self.path.clone(), source: e })?;
-            out.get_ref().sync_data().map_err(|e| SinkError::Write { path: self.path.clone(), source: e })?;
+            out.flush().map_err(|e| SinkError::Write {
+                path: self.path.clone(),
+                source: e,
+            })?;
+            out.get_ref().sync_data().map_err(|e| SinkError::Write {
+                path: self.path.clone(),
+                source: e,
+            })?;
         }
         Ok(())
     }
@@ -118,7 +142,9 @@ impl DeadLetter {
     pub fn set_payload(&mut self, bytes: &[u8]) {
         match std::str::from_utf8(bytes) {
             Ok(s) => self.payload = Some(s.to_string()),
-            Err(_) => self.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            Err(_) => {
+                self.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
         }
     }
 }

@@ -48,8 +48,14 @@ pub trait Source: Send {
 }
 
 /// Builds the configured source, resumed from the positions committed in `store`.
-pub fn build(cfg: &SourceConfig, store: &dyn TileStore, pipeline: &str) -> Result<Box<dyn Source>, crate::error::PipelineError> {
+pub fn build(
+    cfg: &SourceConfig,
+    store: &dyn TileStore,
+    pipeline: &str,
+) -> Result<Box<dyn Source>, crate::error::PipelineError> {
     match cfg {
-        SourceConfig::File { path, format } => Ok(Box::new(FileSource::open(path, *format, store, pipeline)?)),
+        SourceConfig::File { path, format } => {
+            Ok(Box::new(FileSource::open(path, *format, store, pipeline)?))
+        }
     }
 }

@@ -46,7 +46,10 @@ impl StoredFeature {
     }
 
     pub fn sizes_ms(&self) -> Vec<i64> {
-        self.tile_sizes_secs.iter().map(|s| *s as i64 * 1000).collect()
+        self.tile_sizes_secs
+            .iter()
+            .map(|s| *s as i64 * 1000)
+            .collect()
     }
 
     /// Whether tiles written under `self` stay meaningful under `other`.
@@ -72,7 +75,9 @@ impl StoredFeature {
             return Err("tile sizes must be positive".into());
         }
         if let Some(s) = self.tile_sizes_secs.iter().find(|s| **s % smallest != 0) {
-            return Err(format!("tile size {s}s is not a multiple of the smallest, {smallest}s"));
+            return Err(format!(
+                "tile size {s}s is not a multiple of the smallest, {smallest}s"
+            ));
         }
         Ok(())
     }

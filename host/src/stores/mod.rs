@@ -23,11 +23,21 @@ pub enum StoreError {
     #[error("cannot open store at {path}: {message}")]
     Open { path: String, message: String },
     #[error("embedded store: {0}")]
-    Embedded(#[from] redb::Error),
+    Embedded(Box<redb::Error>),
     #[error("store holds a malformed {what}: {message}")]
     Corrupt { what: &'static str, message: String },
     #[error("feature `{name}` is already registered with a different definition: stored {stored}, new {new}")]
-    FeatureConflict { name: String, stored: String, new: String },
+    FeatureConflict {
+        name: String,
+        stored: String,
+        new: String,
+    },
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Embedded(Box::new(e))
+    }
 }
 
 /// What one checkpoint commits atomically.
@@ -52,8 +62,14 @@ pub trait TileStore: Send + Sync {
     fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
 
     /// Tiles of one feature, entity and size with `start <= tile start < end`.
-    fn read_tiles(&self, feature_id: u32, entity: &[u8], size_ms: i64, start: i64, end: i64)
-        -> Result<Vec<(i64, TileAgg)>, StoreError>;
+    fn read_tiles(
+        &self,
+        feature_id: u32,
+        entity: &[u8],
+        size_ms: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, TileAgg)>, StoreError>;
 
     /// The last committed position of a source, if any.
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -62,6 +78,8 @@ pub trait TileStore: Send + Sync {
 /// Opens the configured store.
 pub fn open(cfg: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn TileStore>, StoreError> {
     match cfg {
-        crate::config::StoreConfig::Embedded { path } => Ok(std::sync::Arc::new(EmbeddedStore::open(path)?)),
+        crate::config::StoreConfig::Embedded { path } => {
+            Ok(std::sync::Arc::new(EmbeddedStore::open(path)?))
+        }
     }
 }

@@ -7,8 +7,12 @@ use crate::pipeline::Progress;
 
 /// Initialises tracing to stderr; `RUST_LOG` overrides the default `info`.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Shows progress: a spinner line on a terminal, a log line every few seconds otherwise.
@@ -24,7 +28,10 @@ impl ProgressReporter {
             b.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
             b
         });
-        ProgressReporter { bar, last_log: std::time::Instant::now() }
+        ProgressReporter {
+            bar,
+            last_log: std::time::Instant::now(),
+        }
     }
 
     pub fn update(&mut self, p: &Progress) {
@@ -35,7 +42,9 @@ impl ProgressReporter {
             p.dead_lettered,
             p.rate(),
             p.position,
-            p.watermark.map(|w| format!(", watermark {w}")).unwrap_or_default()
+            p.watermark
+                .map(|w| format!(", watermark {w}"))
+                .unwrap_or_default()
         );
         match &self.bar {
             Some(b) => {

@@ -21,12 +21,25 @@ impl TileAgg {
     pub const ENCODED_LEN: usize = 48;
 
     /// The aggregate of nothing.
-    pub const EMPTY: TileAgg =
-        TileAgg { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last_time: i64::MIN, last: 0.0 };
+    pub const EMPTY: TileAgg = TileAgg {
+        count: 0,
+        sum: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        last_time: i64::MIN,
+        last: 0.0,
+    };
 
     /// The aggregate of one update.
     pub fn of(value: f64, event_time: i64) -> Self {
-        TileAgg { count: 1, sum: value, min: value, max: value, last_time: event_time, last: value }
+        TileAgg {
+            count: 1,
+            sum: value,
+            min: value,
+            max: value,
+            last_time: event_time,
+            last: value,
+        }
     }
 
     #[inline]

@@ -47,10 +47,18 @@ pub fn cover(end_ms: i64, window_ms: i64, sizes_ms: &[i64]) -> Cover {
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     sizes.dedup();
     let Some(&smallest) = sizes.last() else {
-        return Cover { start: end_ms, end: end_ms, ranges: Vec::new() };
+        return Cover {
+            start: end_ms,
+            end: end_ms,
+            ranges: Vec::new(),
+        };
     };
     let end = ceil_to(end_ms, smallest);
-    let start = ceil_to(end_ms.saturating_sub(window_ms.max(0)) + (end - end_ms), smallest).min(end);
+    let start = ceil_to(
+        end_ms.saturating_sub(window_ms.max(0)) + (end - end_ms),
+        smallest,
+    )
+    .min(end);
     let mut ranges = Vec::new();
     cover_rec(start, end, &sizes, &mut ranges);
     ranges.sort_by(|a, b| b.size_ms.cmp(&a.size_ms).then(a.start.cmp(&b.start)));
@@ -61,15 +69,25 @@ fn cover_rec(s: i64, e: i64, sizes: &[i64], out: &mut Vec<TileRange>) {
     if s >= e {
         return;
     }
-    let Some((&size, rest)) = sizes.split_first() else { return };
+    let Some((&size, rest)) = sizes.split_first() else {
+        return;
+    };
     if rest.is_empty() {
-        out.push(TileRange { size_ms: size, start: s, end: e });
+        out.push(TileRange {
+            size_ms: size,
+            start: s,
+            end: e,
+        });
         return;
     }
     let (a, b) = (ceil_to(s, size), floor_to(e, size));
     if a < b {
         cover_rec(s, a, rest, out);
-        out.push(TileRange { size_ms: size, start: a, end: b });
+        out.push(TileRange {
+            size_ms: size,
+            start: a,
+            end: b,
+        });
         cover_rec(b, e, rest, out);
     } else {
         cover_rec(s, e, rest, out);
@@ -88,7 +106,11 @@ mod tests {
     fn check_exact(c: &Cover, smallest: i64) {
         let mut t = c.start;
         while t < c.end {
-            let hits = c.ranges.iter().filter(|r| r.start <= t && t < r.end).count();
+            let hits = c
+                .ranges
+                .iter()
+                .filter(|r| r.start <= t && t < r.end)
+                .count();
             assert_eq!(hits, 1, "minute {t} covered {hits} times in {c:?}");
             t += smallest;
         }
@@ -107,19 +129,41 @@ mod tests {
         assert_eq!(c.end - c.start, 2 * H);
         check_exact(&c, M);
         // 11:18..11:30 in minutes, 11:30..13:00 in 30m tiles, 13:00..13:18 in minutes.
-        assert_eq!(c.ranges[0], TileRange { size_ms: 30 * M, start: 10 * D + 11 * H + 30 * M, end: 10 * D + 13 * H });
-        assert_eq!(c.ranges.iter().map(TileRange::tiles).sum::<u64>(), 12 + 3 + 18);
+        assert_eq!(
+            c.ranges[0],
+            TileRange {
+                size_ms: 30 * M,
+                start: 10 * D + 11 * H + 30 * M,
+                end: 10 * D + 13 * H
+            }
+        );
+        assert_eq!(
+            c.ranges.iter().map(TileRange::tiles).sum::<u64>(),
+            12 + 3 + 18
+        );
     }
 
     #[test]
     fn day_windows_use_day_tiles_when_aligned() {
         let c = cover(5 * D, 2 * D, &[D, M, 30 * M]);
-        assert_eq!(c.ranges, vec![TileRange { size_ms: D, start: 3 * D, end: 5 * D }]);
+        assert_eq!(
+            c.ranges,
+            vec![TileRange {
+                size_ms: D,
+                start: 3 * D,
+                end: 5 * D
+            }]
+        );
     }
 
     #[test]
     fn odd_windows_and_sizes_cover_exactly() {
-        for (at, w) in [(7 * D + 5 * M + 1, 95 * M + 30_000), (D - 1, 25 * H), (123_456_789, 0), (-5 * M - 7, 2 * H)] {
+        for (at, w) in [
+            (7 * D + 5 * M + 1, 95 * M + 30_000),
+            (D - 1, 25 * H),
+            (123_456_789, 0),
+            (-5 * M - 7, 2 * H),
+        ] {
             let c = cover(at, w, &[M, 30 * M, D]);
             check_exact(&c, M);
             assert!(c.end >= at && c.end - at < M);

@@ -90,7 +90,12 @@ impl Tiler {
     /// Applies one plugin's updates; `defs[i]` is the plugin's feature `i`.
     /// Updates whose event has no value in the feature's entity field are
     /// returned as rejections (the rest are applied).
-    pub fn apply(&mut self, defs: &[FeatureDef], events: &EventBatch, updates: &UpdateBatch) -> Vec<UpdateRejection> {
+    pub fn apply(
+        &mut self,
+        defs: &[FeatureDef],
+        events: &EventBatch,
+        updates: &UpdateBatch,
+    ) -> Vec<UpdateRejection> {
         // Intern each entity column once per batch, shared by the features that use it.
         let mut columns: Vec<(&str, Vec<u32>)> = Vec::new();
         let mut col_of_def = Vec::with_capacity(defs.len());
@@ -100,7 +105,9 @@ impl Tiler {
                 Some(i) => i,
                 None => {
                     let ids = match column(events, name) {
-                        Some(c) => (0..events.len as usize).map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.intern(e))).collect(),
+                        Some(c) => (0..events.len as usize)
+                            .map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.intern(e)))
+                            .collect(),
                         None => Vec::new(),
                     };
                     columns.push((name, ids));
@@ -110,16 +117,30 @@ impl Tiler {
             col_of_def.push(idx);
         }
         // Take each feature's slot index out of the map once per batch.
-        let mut slot_index: Vec<Vec<u32>> = defs.iter().map(|d| self.slot_of.remove(&d.id).unwrap_or_default()).collect();
+        let mut slot_index: Vec<Vec<u32>> = defs
+            .iter()
+            .map(|d| self.slot_of.remove(&d.id).unwrap_or_default())
+            .collect();
         let mut rejections = Vec::new();
         for i in 0..updates.row.len() {
-            let (f, row, value) = (updates.feature[i] as usize, updates.row[i] as usize, updates.value[i]);
+            let (f, row, value) = (
+                updates.feature[i] as usize,
+                updates.row[i] as usize,
+                updates.value[i],
+            );
             let def = &defs[f];
-            let entity = columns[col_of_def[f]].1.get(row).copied().unwrap_or(NO_ENTITY);
+            let entity = columns[col_of_def[f]]
+                .1
+                .get(row)
+                .copied()
+                .unwrap_or(NO_ENTITY);
             if entity == NO_ENTITY {
                 rejections.push(UpdateRejection {
                     row: row as u32,
-                    reason: format!("feature `{}`: event has no `{}` (entity field)", def.spec.name, def.spec.entity_field),
+                    reason: format!(
+                        "feature `{}`: event has no `{}` (entity field)",
+                        def.spec.name, def.spec.entity_field
+                    ),
                 });
                 continue;
             }
@@ -132,9 +153,16 @@ impl Tiler {
             if slot == NO_SLOT {
                 slot = self.slots.len() as u32;
                 index[entity as usize] = slot;
-                self.feature_sizes.entry(def.id).or_insert_with(|| def.sizes_ms.clone());
-                self.slots.push(Slot { feature_id: def.id, entity, base: self.open.len() as u32 });
-                self.open.extend(def.sizes_ms.iter().map(|_| (i64::MIN, TileAgg::EMPTY)));
+                self.feature_sizes
+                    .entry(def.id)
+                    .or_insert_with(|| def.sizes_ms.clone());
+                self.slots.push(Slot {
+                    feature_id: def.id,
+                    entity,
+                    base: self.open.len() as u32,
+                });
+                self.open
+                    .extend(def.sizes_ms.iter().map(|_| (i64::MIN, TileAgg::EMPTY)));
             }
             let base = self.slots[slot as usize].base as usize;
             for (k, &size) in def.sizes_ms.iter().enumerate() {
@@ -144,11 +172,17 @@ impl Tiler {
                     cell.1.add(value, t);
                 } else if start > cell.0 {
                     if cell.1.count > 0 {
-                        self.spill.entry((def.id, entity, size, cell.0)).or_insert(TileAgg::EMPTY).merge(&cell.1);
+                        self.spill
+                            .entry((def.id, entity, size, cell.0))
+                            .or_insert(TileAgg::EMPTY)
+                            .merge(&cell.1);
                     }
                     *cell = (start, TileAgg::of(value, t));
                 } else {
-                    self.spill.entry((def.id, entity, size, start)).or_insert(TileAgg::EMPTY).add(value, t);
+                    self.spill
+                        .entry((def.id, entity, size, start))
+                        .or_insert(TileAgg::EMPTY)
+                        .add(value, t);
                 }
             }
             self.updates += 1;
@@ -180,15 +214,23 @@ impl Tiler {
             rank[*e as usize] = r as u32;
         }
         let spill = std::mem::take(&mut self.spill);
-        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> = Vec::with_capacity(spill.len() + self.open.len());
-        tiles.extend(spill.into_iter().map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)));
+        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> =
+            Vec::with_capacity(spill.len() + self.open.len());
+        tiles.extend(
+            spill
+                .into_iter()
+                .map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)),
+        );
         // Open tiles go straight in: a key is never both open and spilled.
         for slot in self.slots.drain(..) {
             let sizes = &self.feature_sizes[&slot.feature_id];
             for (k, &size) in sizes.iter().enumerate() {
                 let (start, agg) = self.open[slot.base as usize + k];
                 if agg.count > 0 {
-                    tiles.push(((slot.feature_id, rank[slot.entity as usize], size, start), agg));
+                    tiles.push((
+                        (slot.feature_id, rank[slot.entity as usize], size, start),
+                        agg,
+                    ));
                 }
             }
         }
@@ -243,12 +285,16 @@ mod tests {
             x % n
         };
         let mut tiler = Tiler::new();
-        let mut merged: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> = Default::default();
-        let mut brute: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> = Default::default();
+        let mut merged: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> =
+            Default::default();
+        let mut brute: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> =
+            Default::default();
         for round in 0..40 {
             let n = 50;
             let keys: Vec<String> = (0..n).map(|_| format!("e{}", rnd(7))).collect();
-            let times: Vec<i64> = (0..n).map(|i| round * 40 + i as i64 - rnd(60) as i64).collect();
+            let times: Vec<i64> = (0..n)
+                .map(|i| round * 40 + i as i64 - rnd(60) as i64)
+                .collect();
             let mut present = vec![1u8; n];
             present[3] = 0;
             let events = EventBatch {
@@ -262,11 +308,20 @@ mod tests {
                     present: present.clone(),
                     values: ColumnValues::Utf8(BytesColumn {
                         data: keys.concat().into_bytes(),
-                        offsets: std::iter::once(0).chain(keys.iter().scan(0u32, |o, k| { *o += k.len() as u32; Some(*o) })).collect(),
+                        offsets: std::iter::once(0)
+                            .chain(keys.iter().scan(0u32, |o, k| {
+                                *o += k.len() as u32;
+                                Some(*o)
+                            }))
+                            .collect(),
                     }),
                 }],
             };
-            let mut updates = UpdateBatch { feature: vec![], row: vec![], value: vec![] };
+            let mut updates = UpdateBatch {
+                feature: vec![],
+                row: vec![],
+                value: vec![],
+            };
             for row in 0..n {
                 for f in 0..2u16 {
                     if rnd(3) > 0 {
@@ -285,18 +340,32 @@ mod tests {
                 }
                 let d = &defs[updates.feature[i] as usize];
                 for &size in &d.sizes_ms {
-                    let key = (d.id, keys[row].as_bytes().to_vec(), size, tile_start(times[row], size));
-                    brute.entry(key).or_insert(TileAgg::EMPTY).add(updates.value[i], times[row]);
+                    let key = (
+                        d.id,
+                        keys[row].as_bytes().to_vec(),
+                        size,
+                        tile_start(times[row], size),
+                    );
+                    brute
+                        .entry(key)
+                        .or_insert(TileAgg::EMPTY)
+                        .add(updates.value[i], times[row]);
                 }
             }
             if rnd(4) == 0 {
                 for d in tiler.drain() {
-                    merged.entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start)).or_insert(TileAgg::EMPTY).merge(&d.agg);
+                    merged
+                        .entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start))
+                        .or_insert(TileAgg::EMPTY)
+                        .merge(&d.agg);
                 }
             }
         }
         for d in tiler.drain() {
-            merged.entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start)).or_insert(TileAgg::EMPTY).merge(&d.agg);
+            merged
+                .entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start))
+                .or_insert(TileAgg::EMPTY)
+                .merge(&d.agg);
         }
         assert_eq!(merged.len(), brute.len());
         for (k, want) in &brute {

@@ -16,23 +16,34 @@ pub struct Watermarks {
 
 impl Watermarks {
     pub fn new(out_of_orderness_ms: i64) -> Self {
-        Watermarks { out_of_orderness_ms, max_event_time: HashMap::new() }
+        Watermarks {
+            out_of_orderness_ms,
+            max_event_time: HashMap::new(),
+        }
     }
 
     /// Notes the largest event time of a batch from one partition.
     pub fn observe(&mut self, topic: &str, partition: i32, max_event_time: i64) {
-        let e = self.max_event_time.entry((topic.to_string(), partition)).or_insert(i64::MIN);
+        let e = self
+            .max_event_time
+            .entry((topic.to_string(), partition))
+            .or_insert(i64::MIN);
         *e = (*e).max(max_event_time);
     }
 
     /// The watermark of one partition, if it has seen an event.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.max_event_time.get(&(topic.to_string(), partition)).map(|t| t.saturating_sub(self.out_of_orderness_ms))
+        self.max_event_time
+            .get(&(topic.to_string(), partition))
+            .map(|t| t.saturating_sub(self.out_of_orderness_ms))
     }
 
     /// The pipeline watermark: the minimum over partitions, `None` before any event.
     pub fn current(&self) -> Option<i64> {
-        self.max_event_time.values().min().map(|t| t.saturating_sub(self.out_of_orderness_ms))
+        self.max_event_time
+            .values()
+            .min()
+            .map(|t| t.saturating_sub(self.out_of_orderness_ms))
     }
 }
 

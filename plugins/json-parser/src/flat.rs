@@ -89,7 +89,12 @@ fn scan_number(b: &[u8], start: usize) -> Option<(Value<'static>, usize)> {
 
 /// Parses one flat object into a new event; `None` (with the builder
 /// unchanged) whenever the serde path must decide.
-pub fn parse_flat(p: &JsonParser, row: usize, b: &[u8], events: &mut EventBatchBuilder) -> Option<()> {
+pub fn parse_flat(
+    p: &JsonParser,
+    row: usize,
+    b: &[u8],
+    events: &mut EventBatchBuilder,
+) -> Option<()> {
     let before = events.len();
     let result = scan(p, row, b, events);
     if result.is_none() && events.len() > before {
@@ -157,7 +162,7 @@ fn scan(p: &JsonParser, row: usize, b: &[u8], events: &mut EventBatchBuilder) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_sdk::{Parser, ParseOutputBuilder};
+    use tessera_sdk::{ParseOutputBuilder, Parser};
 
     struct Rng(u64);
     impl Rng {
@@ -174,24 +179,65 @@ mod tests {
 
     fn value(r: &mut Rng) -> String {
         r.pick(&[
-            "\"post-1\"", "\"like\"", "\"view\"", "\"a\\\"b\"", "\"caf\u{e9}\"", "\"\"", "12", "-0", "0.5", "1e3", "-2.5E-2",
-            "007", "1.", "9223372036854775808", "18446744073709551616", "true", "false", "null", "{\"x\": 1}", "[1, 2]",
-            "1700000000000", "\"1700000000000\"", "NaN", "-", "\"\\u0041\"",
+            "\"post-1\"",
+            "\"like\"",
+            "\"view\"",
+            "\"a\\\"b\"",
+            "\"caf\u{e9}\"",
+            "\"\"",
+            "12",
+            "-0",
+            "0.5",
+            "1e3",
+            "-2.5E-2",
+            "007",
+            "1.",
+            "9223372036854775808",
+            "18446744073709551616",
+            "true",
+            "false",
+            "null",
+            "{\"x\": 1}",
+            "[1, 2]",
+            "1700000000000",
+            "\"1700000000000\"",
+            "NaN",
+            "-",
+            "\"\\u0041\"",
         ])
         .to_string()
     }
 
     fn object(r: &mut Rng) -> String {
-        let keys = ["ts", "type", "post_id", "user_id", "dwell_ms", "n", "ok", "other", "ts"];
+        let keys = [
+            "ts", "type", "post_id", "user_id", "dwell_ms", "n", "ok", "other", "ts",
+        ];
         let n = r.next() % 6;
         let mut parts = Vec::new();
         for _ in 0..n {
             let k = r.pick(&keys);
-            let v = if k == "ts" && r.next() % 3 > 0 { "1700000000123".to_string() } else { value(r) };
-            let v = if k == "type" && r.next() % 3 > 0 { "\"like\"".to_string() } else { v };
-            parts.push(format!("{}\"{k}\"{}:{}{v}", r.pick(&["", " "]), r.pick(&["", " "]), r.pick(&["", " ", "\n"])));
+            let v = if k == "ts" && !r.next().is_multiple_of(3) {
+                "1700000000123".to_string()
+            } else {
+                value(r)
+            };
+            let v = if k == "type" && !r.next().is_multiple_of(3) {
+                "\"like\"".to_string()
+            } else {
+                v
+            };
+            parts.push(format!(
+                "{}\"{k}\"{}:{}{v}",
+                r.pick(&["", " "]),
+                r.pick(&["", " "]),
+                r.pick(&["", " ", "\n"])
+            ));
         }
-        format!("{{{}}}{}", parts.join(","), r.pick(&["", " ", " x", "}", "\t"]))
+        format!(
+            "{{{}}}{}",
+            parts.join(","),
+            r.pick(&["", " ", " x", "}", "\t"])
+        )
     }
 
     fn mutate(r: &mut Rng, s: &str) -> Vec<u8> {
@@ -222,7 +268,7 @@ mod tests {
         for cfg in configs {
             let p = JsonParser::init(cfg).unwrap();
             for _ in 0..20_000 {
-                let input = if r.next() % 2 == 0 {
+                let input = if r.next().is_multiple_of(2) {
                     let text = object(&mut r);
                     mutate(&mut r, &text)
                 } else {
@@ -247,7 +293,12 @@ mod tests {
                 let ra = p.parse_object(0, &input, &mut a);
                 let rb = p.parse_object_serde(0, &input, &mut b);
                 assert_eq!(ra, rb, "input: {}", String::from_utf8_lossy(&input));
-                assert_eq!(a.finish(), b.finish(), "input: {}", String::from_utf8_lossy(&input));
+                assert_eq!(
+                    a.finish(),
+                    b.finish(),
+                    "input: {}",
+                    String::from_utf8_lossy(&input)
+                );
                 let mut c = EventBatchBuilder::new();
                 for (name, ty) in &p.columns {
                     c.add_column(name, *ty);
@@ -257,6 +308,9 @@ mod tests {
                 }
             }
         }
-        assert!(fast_hits > 15_000, "the generator must exercise the fast path ({fast_hits})");
+        assert!(
+            fast_hits > 15_000,
+            "the generator must exercise the fast path ({fast_hits})"
+        );
     }
 }

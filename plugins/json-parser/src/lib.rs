@@ -93,9 +93,17 @@ pub struct JsonParser {
 
 impl Parser for JsonParser {
     fn init(config: &str) -> Result<Self, String> {
-        let text = if config.trim().is_empty() { "{}" } else { config };
-        let cfg: Config = serde_json::from_str(text).map_err(|e| format!("json-parser config: {e}"))?;
-        let mut keys = vec![(cfg.time_field.clone(), Slot::Time), (cfg.type_field.clone(), Slot::Type)];
+        let text = if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        };
+        let cfg: Config =
+            serde_json::from_str(text).map_err(|e| format!("json-parser config: {e}"))?;
+        let mut keys = vec![
+            (cfg.time_field.clone(), Slot::Time),
+            (cfg.type_field.clone(), Slot::Type),
+        ];
         let mut columns = Vec::new();
         for name in &cfg.entity_fields {
             keys.push((name.clone(), Slot::Text(columns.len())));
@@ -144,7 +152,12 @@ impl Parser for JsonParser {
 impl JsonParser {
     /// Parses one payload (object, NDJSON lines or array). On an error, no
     /// event of this payload is kept.
-    fn parse_payload(&self, row: usize, payload: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
+    fn parse_payload(
+        &self,
+        row: usize,
+        payload: &[u8],
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String> {
         let start_len = out.events.len();
         let result = self.parse_objects(row, payload, out);
         if result.is_err() {
@@ -155,7 +168,12 @@ impl JsonParser {
         result
     }
 
-    fn parse_objects(&self, row: usize, payload: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
+    fn parse_objects(
+        &self,
+        row: usize,
+        payload: &[u8],
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String> {
         let first = payload.iter().position(|b| !b.is_ascii_whitespace());
         match first.map(|i| payload[i]) {
             None => Err("empty payload".into()),
@@ -173,14 +191,29 @@ impl JsonParser {
                         continue;
                     }
                     any = true;
-                    self.parse_object(row, line, out).map_err(|e| if n > 0 { format!("line {}: {e}", n + 1) } else { e })?;
+                    self.parse_object(row, line, out).map_err(|e| {
+                        if n > 0 {
+                            format!("line {}: {e}", n + 1)
+                        } else {
+                            e
+                        }
+                    })?;
                 }
-                if any { Ok(()) } else { Err("empty payload".into()) }
+                if any {
+                    Ok(())
+                } else {
+                    Err("empty payload".into())
+                }
             }
         }
     }
 
-    fn parse_object(&self, row: usize, text: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
+    fn parse_object(
+        &self,
+        row: usize,
+        text: &[u8],
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String> {
         if flat::parse_flat(self, row, text, &mut out.events).is_some() {
             return Ok(());
         }
@@ -188,9 +221,20 @@ impl JsonParser {
     }
 
     /// The general path: serde_json, any valid JSON, exact error messages.
-    fn parse_object_serde(&self, row: usize, text: &[u8], out: &mut ParseOutputBuilder) -> Result<(), String> {
+    fn parse_object_serde(
+        &self,
+        row: usize,
+        text: &[u8],
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String> {
         let mut de = serde_json::Deserializer::from_slice(text);
-        ObjectSeed { parser: self, row, out }.deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))??;
+        ObjectSeed {
+            parser: self,
+            row,
+            out,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| format!("invalid JSON: {e}"))??;
         de.end().map_err(|e| format!("invalid JSON: {e}"))
     }
 
@@ -201,11 +245,21 @@ impl JsonParser {
 }
 
 trait SeqObjects {
-    fn deserialize_seq_objects(&mut self, p: &JsonParser, row: usize, out: &mut ParseOutputBuilder) -> Result<(), String>;
+    fn deserialize_seq_objects(
+        &mut self,
+        p: &JsonParser,
+        row: usize,
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String>;
 }
 
 impl<'de, R: serde_json::de::Read<'de>> SeqObjects for serde_json::Deserializer<R> {
-    fn deserialize_seq_objects(&mut self, p: &JsonParser, row: usize, out: &mut ParseOutputBuilder) -> Result<(), String> {
+    fn deserialize_seq_objects(
+        &mut self,
+        p: &JsonParser,
+        row: usize,
+        out: &mut ParseOutputBuilder,
+    ) -> Result<(), String> {
         struct ArraySeed<'a> {
             parser: &'a JsonParser,
             row: usize,
@@ -218,7 +272,11 @@ impl<'de, R: serde_json::de::Read<'de>> SeqObjects for serde_json::Deserializer<
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut i = 0;
-                while let Some(r) = seq.next_element_seed(ObjectSeed { parser: self.parser, row: self.row, out: &mut *self.out })? {
+                while let Some(r) = seq.next_element_seed(ObjectSeed {
+                    parser: self.parser,
+                    row: self.row,
+                    out: &mut *self.out,
+                })? {
                     if let Err(e) = r {
                         return Ok(Err(format!("element {i}: {e}")));
                     }
@@ -228,7 +286,12 @@ impl<'de, R: serde_json::de::Read<'de>> SeqObjects for serde_json::Deserializer<
             }
         }
         use serde::Deserializer as _;
-        self.deserialize_seq(ArraySeed { parser: p, row, out }).map_err(|e| format!("invalid JSON: {e}"))?
+        self.deserialize_seq(ArraySeed {
+            parser: p,
+            row,
+            out,
+        })
+        .map_err(|e| format!("invalid JSON: {e}"))?
     }
 }
 
@@ -289,41 +352,83 @@ fn apply_slot(
     match slot {
         Slot::Time => value.to_time(p.time_format).map(|t| *time = Some(t)),
         Slot::Type => match value {
-            Value::Str(s) => events.event_type_bytes(s.as_bytes()).map(|t| *ty = Some(t)).ok_or_else(|| "bad type".to_string()),
+            Value::Str(s) => events
+                .event_type_bytes(s.as_bytes())
+                .map(|t| *ty = Some(t))
+                .ok_or_else(|| "bad type".to_string()),
             Value::Null => Ok(()),
             _ => Err(format!("field `{}` must be a string", p.type_field)),
         },
         Slot::Text(col) => match value {
-            Value::Str(s) => Ok(events.set_str(col, &s)),
-            Value::Int(i) => Ok(events.set_str(col, &i.to_string())),
-            Value::UInt(i) => Ok(events.set_str(col, &i.to_string())),
-            Value::Float(f) => Ok(events.set_str(col, &f.to_string())),
-            Value::Bool(b) => Ok(events.set_str(col, if b { "true" } else { "false" })),
+            Value::Str(s) => {
+                events.set_str(col, &s);
+                Ok(())
+            }
+            Value::Int(i) => {
+                events.set_str(col, &i.to_string());
+                Ok(())
+            }
+            Value::UInt(i) => {
+                events.set_str(col, &i.to_string());
+                Ok(())
+            }
+            Value::Float(f) => {
+                events.set_str(col, &f.to_string());
+                Ok(())
+            }
+            Value::Bool(b) => {
+                events.set_str(col, if b { "true" } else { "false" });
+                Ok(())
+            }
             Value::Null => Ok(()),
-            Value::Other => Err(format!("field `{}` must be a string or number", p.columns[col].0)),
+            Value::Other => Err(format!(
+                "field `{}` must be a string or number",
+                p.columns[col].0
+            )),
         },
         Slot::Float(col) => match value.as_f64() {
-            Some(f) => Ok(events.set_f64(col, f)),
+            Some(f) => {
+                events.set_f64(col, f);
+                Ok(())
+            }
             None if value.is_null() => Ok(()),
             None => Err(format!("field `{}` must be a number", p.columns[col].0)),
         },
         Slot::Int(col) => match value {
-            Value::Int(i) => Ok(events.set_i64(col, i)),
-            Value::UInt(u) if u <= i64::MAX as u64 => Ok(events.set_i64(col, u as i64)),
+            Value::Int(i) => {
+                events.set_i64(col, i);
+                Ok(())
+            }
+            Value::UInt(u) if u <= i64::MAX as u64 => {
+                events.set_i64(col, u as i64);
+                Ok(())
+            }
             Value::Null => Ok(()),
             _ => Err(format!("field `{}` must be an integer", p.columns[col].0)),
         },
         Slot::Bool(col) => match value {
-            Value::Bool(b) => Ok(events.set_bool(col, b)),
+            Value::Bool(b) => {
+                events.set_bool(col, b);
+                Ok(())
+            }
             Value::Null => Ok(()),
-            _ => Err(format!("field `{}` must be true or false", p.columns[col].0)),
+            _ => Err(format!(
+                "field `{}` must be true or false",
+                p.columns[col].0
+            )),
         },
     }
 }
 
 /// Completes the current event (type default, required time) or removes it
 /// and reports the first problem.
-fn finish_event(p: &JsonParser, events: &mut EventBatchBuilder, time: Option<i64>, mut ty: Option<u32>, mut problem: Option<String>) -> Result<(), String> {
+fn finish_event(
+    p: &JsonParser,
+    events: &mut EventBatchBuilder,
+    time: Option<i64>,
+    mut ty: Option<u32>,
+    mut problem: Option<String>,
+) -> Result<(), String> {
     if problem.is_none() && ty.is_none() {
         match &p.default_type {
             Some(d) => ty = Some(events.event_type(d)),
@@ -390,17 +495,31 @@ impl Value<'_> {
 
     fn to_time(&self, format: TimeFormat) -> Result<i64, String> {
         let scale = |x: f64| -> Result<i64, String> {
-            let ms = if format == TimeFormat::UnixS { x * 1000.0 } else { x };
-            if ms.is_finite() && ms.abs() < 1e16 { Ok(ms as i64) } else { Err(format!("event time {x} is out of range")) }
+            let ms = if format == TimeFormat::UnixS {
+                x * 1000.0
+            } else {
+                x
+            };
+            if ms.is_finite() && ms.abs() < 1e16 {
+                Ok(ms as i64)
+            } else {
+                Err(format!("event time {x} is out of range"))
+            }
         };
         match (self, format) {
             (Value::Str(s), TimeFormat::Rfc3339) => rfc3339::parse_ms(s),
             (_, TimeFormat::Rfc3339) => Err("event time must be an RFC 3339 string".into()),
             (Value::Int(i), TimeFormat::UnixMs) => Ok(*i),
-            (Value::Int(i), _) => i.checked_mul(1000).ok_or_else(|| "event time is out of range".into()),
+            (Value::Int(i), _) => i
+                .checked_mul(1000)
+                .ok_or_else(|| "event time is out of range".into()),
             (Value::UInt(u), _) => scale(*u as f64),
             (Value::Float(f), _) => scale(*f),
-            (Value::Str(s), _) => s.trim().parse::<f64>().map_err(|_| format!("event time `{s}` is not a number")).and_then(scale),
+            (Value::Str(s), _) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("event time `{s}` is not a number"))
+                .and_then(scale),
             _ => Err("event time must be a number".into()),
         }
     }
@@ -430,7 +549,11 @@ impl<'de> Visitor<'de> for ValueSeed {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(if v <= i64::MAX as u64 { Value::Int(v as i64) } else { Value::UInt(v) })
+        Ok(if v <= i64::MAX as u64 {
+            Value::Int(v as i64)
+        } else {
+            Value::UInt(v)
+        })
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
         Ok(Value::Float(v))

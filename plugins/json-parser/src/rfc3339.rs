@@ -3,7 +3,13 @@
 pub fn parse_ms(s: &str) -> Result<i64, String> {
     let bad = || format!("event time `{s}` is not an RFC 3339 timestamp");
     let b = s.trim().as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
@@ -14,7 +20,14 @@ pub fn parse_ms(s: &str) -> Result<i64, String> {
             Err(bad())
         }
     };
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return Err(bad());
     }
@@ -40,7 +53,11 @@ pub fn parse_ms(s: &str) -> Result<i64, String> {
         Some(b'Z' | b'z') if i + 1 == b.len() => 0,
         Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
             let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
-            if *sign == b'+' { m } else { -m }
+            if *sign == b'+' {
+                m
+            } else {
+                -m
+            }
         }
         _ => return Err(bad()),
     };
@@ -69,7 +86,10 @@ mod tests {
         assert_eq!(parse_ms("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_ms("2026-11-23T07:27:11Z"), Ok(1_795_418_831_000));
         assert_eq!(parse_ms("2026-11-23T07:27:11.25Z"), Ok(1_795_418_831_250));
-        assert_eq!(parse_ms("2026-11-23T08:27:11.250+01:00"), Ok(1_795_418_831_250));
+        assert_eq!(
+            parse_ms("2026-11-23T08:27:11.250+01:00"),
+            Ok(1_795_418_831_250)
+        );
         assert_eq!(parse_ms("2000-02-29T12:00:00Z"), Ok(951_825_600_000));
         assert!(parse_ms("2026-13-01T00:00:00Z").is_err());
         assert!(parse_ms("2026-11-23 07:27").is_err());

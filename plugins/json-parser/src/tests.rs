@@ -10,10 +10,13 @@ fn parse(config: &str, payloads: &[&str]) -> ParseOutput {
 #[test]
 fn maps_time_type_entities_and_fields() {
     let cfg = r#"{"fields": {"dwell_ms": "float64", "premium": "boolean", "n": "int64"}}"#;
-    let out = parse(cfg, &[
-        r#"{"ts": 1000, "type": "like", "post_id": "p1", "user_id": "u1", "extra": {"deep": [1,2]}}"#,
-        r#"{"type": "view", "post_id": 42, "ts": 2000, "dwell_ms": 12.5, "premium": true, "n": 7}"#,
-    ]);
+    let out = parse(
+        cfg,
+        &[
+            r#"{"ts": 1000, "type": "like", "post_id": "p1", "user_id": "u1", "extra": {"deep": [1,2]}}"#,
+            r#"{"type": "view", "post_id": 42, "ts": 2000, "dwell_ms": 12.5, "premium": true, "n": 7}"#,
+        ],
+    );
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let ev = &out.events;
     assert_eq!(ev.len, 2);
@@ -44,23 +47,34 @@ fn ndjson_and_arrays_make_several_events_per_record() {
 
 #[test]
 fn bad_records_become_errors_and_good_ones_survive() {
-    let out = parse("", &[
-        r#"{"ts": 1, "type": "like", "post_id": "ok"}"#,
-        r#"{"ts": 1, "type": "like", "post_id": "#,
-        r#"{"type": "like", "post_id": "p"}"#,
-        r#"{"ts": 5, "post_id": "p"}"#,
-        r#"["not an object"]"#,
+    let out = parse(
         "",
-        r#"{"ts": "soon", "type": "like"}"#,
-        "{\"ts\":1,\"type\":\"a\"}\n{broken",
-        r#"{"ts": 2, "type": "like", "post_id": "ok2"} trailing"#,
-    ]);
+        &[
+            r#"{"ts": 1, "type": "like", "post_id": "ok"}"#,
+            r#"{"ts": 1, "type": "like", "post_id": "#,
+            r#"{"type": "like", "post_id": "p"}"#,
+            r#"{"ts": 5, "post_id": "p"}"#,
+            r#"["not an object"]"#,
+            "",
+            r#"{"ts": "soon", "type": "like"}"#,
+            "{\"ts\":1,\"type\":\"a\"}\n{broken",
+            r#"{"ts": 2, "type": "like", "post_id": "ok2"} trailing"#,
+        ],
+    );
     let rows: Vec<u32> = out.errors.iter().map(|e| e.row).collect();
     assert_eq!(rows, vec![1, 2, 3, 4, 5, 6, 7, 8], "{:?}", out.errors);
-    assert!(out.errors[1].reason.contains("missing event time field `ts`"));
-    assert!(out.errors[2].reason.contains("missing event type field `type`"));
+    assert!(out.errors[1]
+        .reason
+        .contains("missing event time field `ts`"));
+    assert!(out.errors[2]
+        .reason
+        .contains("missing event type field `type`"));
     assert!(out.errors[4].reason.contains("empty payload"));
-    assert!(out.errors[6].reason.starts_with("line 2"), "{}", out.errors[6].reason);
+    assert!(
+        out.errors[6].reason.starts_with("line 2"),
+        "{}",
+        out.errors[6].reason
+    );
     // Only the first record produced an event, and the half-parsed NDJSON record left nothing.
     assert_eq!(out.events.len, 1);
     assert_eq!(out.events.column("post_id").unwrap().str(0), Some("ok"));
@@ -69,17 +83,29 @@ fn bad_records_become_errors_and_good_ones_survive() {
 
 #[test]
 fn time_formats_and_default_type() {
-    let out = parse(r#"{"time_format": "unix_s", "default_type": "click"}"#, &[r#"{"ts": 1.5}"#, r#"{"ts": "2"}"#]);
+    let out = parse(
+        r#"{"time_format": "unix_s", "default_type": "click"}"#,
+        &[r#"{"ts": 1.5}"#, r#"{"ts": "2"}"#],
+    );
     assert_eq!(out.events.event_time, vec![1500, 2000]);
     assert_eq!(out.events.type_name(0), Some("click"));
-    let out = parse(r#"{"time_format": "rfc3339", "time_field": "at"}"#, &[r#"{"at": "1970-01-01T00:00:01.5Z", "type": "x"}"#, r#"{"at": 5, "type": "x"}"#]);
+    let out = parse(
+        r#"{"time_format": "rfc3339", "time_field": "at"}"#,
+        &[
+            r#"{"at": "1970-01-01T00:00:01.5Z", "type": "x"}"#,
+            r#"{"at": 5, "type": "x"}"#,
+        ],
+    );
     assert_eq!(out.events.event_time, vec![1500]);
     assert_eq!(out.errors.len(), 1);
 }
 
 #[test]
 fn escaped_strings_are_decoded() {
-    let out = parse("", &[r#"{"ts": 1, "type": "l\u0069ke", "post_id": "a\"b"}"#]);
+    let out = parse(
+        "",
+        &[r#"{"ts": 1, "type": "l\u0069ke", "post_id": "a\"b"}"#],
+    );
     assert_eq!(out.events.type_name(0), Some("like"));
     assert_eq!(out.events.column("post_id").unwrap().str(0), Some("a\"b"));
 }
@@ -88,6 +114,8 @@ fn escaped_strings_are_decoded() {
 fn bad_configs_are_rejected() {
     assert!(JsonParser::init(r#"{"time_format": "weird"}"#).is_err());
     assert!(JsonParser::init(r#"{"unknown": 1}"#).is_err());
-    assert!(JsonParser::init(r#"{"entity_fields": ["ts"]}"#).unwrap_err().contains("mapped twice"));
+    assert!(JsonParser::init(r#"{"entity_fields": ["ts"]}"#)
+        .unwrap_err()
+        .contains("mapped twice"));
     assert!(JsonParser::init(r#"{"fields": {"x": "decimal"}}"#).is_err());
 }

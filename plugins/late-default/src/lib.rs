@@ -24,8 +24,13 @@ pub struct AcceptWithinLateness {
 
 impl LateHandler for AcceptWithinLateness {
     fn init(config: &str) -> Result<Self, String> {
-        let text = if config.trim().is_empty() { "{}" } else { config };
-        let cfg: Config = serde_json::from_str(text).map_err(|e| format!("late-default config: {e}"))?;
+        let text = if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        };
+        let cfg: Config =
+            serde_json::from_str(text).map_err(|e| format!("late-default config: {e}"))?;
         let allowed_ms = parse_duration_ms(&cfg.allowed_lateness)? as i64;
         Ok(AcceptWithinLateness { allowed_ms })
     }
@@ -38,7 +43,10 @@ impl LateHandler for AcceptWithinLateness {
                 if *late <= self.allowed_ms {
                     LateDecision::Accept
                 } else {
-                    LateDecision::SideOutput(format!("{} ms behind the watermark, allowed {} ms", late, self.allowed_ms))
+                    LateDecision::SideOutput(format!(
+                        "{} ms behind the watermark, allowed {} ms",
+                        late, self.allowed_ms
+                    ))
                 }
             })
             .collect()
@@ -58,7 +66,11 @@ mod tests {
         for i in 0..3 {
             b.begin_event(i, 0, 0);
         }
-        let batch = LateBatch { events: b.finish(), lateness_ms: vec![1, 600_000, 600_001], watermark: 0 };
+        let batch = LateBatch {
+            events: b.finish(),
+            lateness_ms: vec![1, 600_000, 600_001],
+            watermark: 0,
+        };
         let d = h.decide(&batch);
         assert_eq!(d[0], LateDecision::Accept);
         assert_eq!(d[1], LateDecision::Accept);

@@ -74,22 +74,38 @@ pub struct WindowedCounter {
 
 impl Feature for WindowedCounter {
     fn init(config: &str) -> Result<(Self, Vec<FeatureSpec>), String> {
-        let text = if config.trim().is_empty() { EXAMPLE_CONFIG } else { config };
-        let cfg: Config = serde_json::from_str(text).map_err(|e| format!("windowed-counter config: {e}"))?;
+        let text = if config.trim().is_empty() {
+            EXAMPLE_CONFIG
+        } else {
+            config
+        };
+        let cfg: Config =
+            serde_json::from_str(text).map_err(|e| format!("windowed-counter config: {e}"))?;
         if cfg.features.is_empty() || cfg.features.len() > u16::MAX as usize {
             return Err("windowed-counter config: `features` must list 1 to 65535 features".into());
         }
         let mut specs = Vec::new();
         let mut features = Vec::new();
         for f in cfg.features {
-            let aggregation = Aggregation::from_name(&f.aggregation)
-                .ok_or_else(|| format!("feature `{}`: unknown aggregation `{}`", f.name, f.aggregation))?;
+            let aggregation = Aggregation::from_name(&f.aggregation).ok_or_else(|| {
+                format!(
+                    "feature `{}`: unknown aggregation `{}`",
+                    f.name, f.aggregation
+                )
+            })?;
             if aggregation != Aggregation::Count && f.value_field.is_none() {
-                return Err(format!("feature `{}`: aggregation `{}` needs a `value_field`", f.name, f.aggregation));
+                return Err(format!(
+                    "feature `{}`: aggregation `{}` needs a `value_field`",
+                    f.name, f.aggregation
+                ));
             }
             let secs = |list: &[String]| -> Result<Vec<u32>, String> {
                 list.iter()
-                    .map(|d| parse_duration_secs(d).and_then(|s| u32::try_from(s).map_err(|_| format!("`{d}` is too long"))))
+                    .map(|d| {
+                        parse_duration_secs(d).and_then(|s| {
+                            u32::try_from(s).map_err(|_| format!("`{d}` is too long"))
+                        })
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(|e| format!("feature `{}`: {e}", f.name))
             };
@@ -98,10 +114,14 @@ impl Feature for WindowedCounter {
                 entity_field: f.entity.clone(),
                 aggregation,
                 tile_sizes_secs: secs(&f.tiles)?,
-                retention_secs: parse_duration_secs(&f.retention).map_err(|e| format!("feature `{}`: {e}", f.name))?,
+                retention_secs: parse_duration_secs(&f.retention)
+                    .map_err(|e| format!("feature `{}`: {e}", f.name))?,
                 windows_secs: secs(&f.windows)?,
             });
-            features.push(CompiledFeature { event_types: f.event_types, value_field: f.value_field });
+            features.push(CompiledFeature {
+                event_types: f.event_types,
+                value_field: f.value_field,
+            });
         }
         Ok((WindowedCounter { features }, specs))
     }
@@ -120,7 +140,11 @@ impl Feature for WindowedCounter {
         let values: Vec<Option<ColumnRef>> = self
             .features
             .iter()
-            .map(|f| f.value_field.as_deref().and_then(|name| events.column(name)))
+            .map(|f| {
+                f.value_field
+                    .as_deref()
+                    .and_then(|name| events.column(name))
+            })
             .collect();
         for (row, ty) in events.event_type.iter().enumerate() {
             for &fi in &by_type[*ty as usize] {
@@ -165,11 +189,21 @@ mod tests {
         let (mut p, specs) = WindowedCounter::init("").unwrap();
         assert_eq!(specs.len(), 3);
         assert_eq!(specs[0].tile_sizes_secs, vec![60, 1800, 86400]);
-        let ev = events(&[("like", "p1", "u1", 0.0), ("view", "p1", "u2", 0.0), ("share", "p2", "u1", 0.0), ("login", "", "u3", 0.0)]);
+        let ev = events(&[
+            ("like", "p1", "u1", 0.0),
+            ("view", "p1", "u2", 0.0),
+            ("share", "p2", "u1", 0.0),
+            ("login", "", "u3", 0.0),
+        ]);
         let mut out = Updates::new();
         p.process(&ev, &mut out).unwrap();
         let b = out.into_batch();
-        let got: Vec<(u16, u32)> = b.feature.iter().copied().zip(b.row.iter().copied()).collect();
+        let got: Vec<(u16, u32)> = b
+            .feature
+            .iter()
+            .copied()
+            .zip(b.row.iter().copied())
+            .collect();
         assert_eq!(got, vec![(0, 0), (2, 0), (1, 1), (2, 1), (2, 2)]);
     }
 
@@ -178,7 +212,11 @@ mod tests {
         let cfg = r#"{"features":[{"name":"dwell","entity":"post_id","event_types":["view"],"aggregation":"sum","value_field":"dwell_ms"}]}"#;
         let (mut p, specs) = WindowedCounter::init(cfg).unwrap();
         assert_eq!(specs[0].aggregation, Aggregation::Sum);
-        let ev = events(&[("view", "p1", "u1", 250.0), ("like", "p1", "u1", 9.0), ("view", "p2", "u1", 40.0)]);
+        let ev = events(&[
+            ("view", "p1", "u1", 250.0),
+            ("like", "p1", "u1", 9.0),
+            ("view", "p2", "u1", 40.0),
+        ]);
         let mut out = Updates::new();
         p.process(&ev, &mut out).unwrap();
         assert_eq!(out.into_batch().value, vec![250.0, 40.0]);
@@ -189,8 +227,14 @@ mod tests {
         let err = |c: &str| WindowedCounter::init(c).err().unwrap();
         assert!(err("{").contains("config"));
         assert!(err(r#"{"features":[]}"#).contains("1 to 65535"));
-        assert!(err(r#"{"features":[{"name":"a","entity":"e","aggregation":"median"}]}"#).contains("unknown aggregation"));
-        assert!(err(r#"{"features":[{"name":"a","entity":"e","aggregation":"sum"}]}"#).contains("value_field"));
+        assert!(
+            err(r#"{"features":[{"name":"a","entity":"e","aggregation":"median"}]}"#)
+                .contains("unknown aggregation")
+        );
+        assert!(
+            err(r#"{"features":[{"name":"a","entity":"e","aggregation":"sum"}]}"#)
+                .contains("value_field")
+        );
         assert!(err(r#"{"features":[{"name":"a","entity":"e","tiles":["5x"]}]}"#).contains("unit"));
     }
 }

@@ -59,10 +59,18 @@ pub struct FileSource {
 
 impl FileSource {
     /// Lists the input files and resumes each from its committed position.
-    pub fn open(path: &Path, format: FileFormat, store: &dyn TileStore, pipeline: &str) -> Result<Self, PipelineError> {
+    pub fn open(
+        path: &Path,
+        format: FileFormat,
+        store: &dyn TileStore,
+        pipeline: &str,
+    ) -> Result<Self, PipelineError> {
         let paths = if path.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| SourceError::Open { path: path.to_owned(), source: e })?
+                .map_err(|e| SourceError::Open {
+                    path: path.to_owned(),
+                    source: e,
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && is_input_file(p, format))
                 .collect();
@@ -73,7 +81,11 @@ impl FileSource {
             v
         } else {
             if !path.exists() {
-                return Err(SourceError::Open { path: path.to_owned(), source: std::io::ErrorKind::NotFound.into() }.into());
+                return Err(SourceError::Open {
+                    path: path.to_owned(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }
+                .into());
             }
             vec![path.to_owned()]
         };
@@ -89,9 +101,19 @@ impl FileSource {
                 FileFormat::Auto => FileFormat::Ndjson,
                 f => f,
             };
-            files.push(InputFile { path: p, key, format, pos, reader: None });
+            files.push(InputFile {
+                path: p,
+                key,
+                format,
+                pos,
+                reader: None,
+            });
         }
-        Ok(FileSource { files, current: 0, line: Vec::new() })
+        Ok(FileSource {
+            files,
+            current: 0,
+            line: Vec::new(),
+        })
     }
 }
 
@@ -110,7 +132,10 @@ fn snippet(b: &[u8]) -> Vec<u8> {
 
 impl InputFile {
     fn open_reader(&mut self) -> Result<(), SourceError> {
-        let file = File::open(&self.path).map_err(|e| SourceError::Open { path: self.path.clone(), source: e })?;
+        let file = File::open(&self.path).map_err(|e| SourceError::Open {
+            path: self.path.clone(),
+            source: e,
+        })?;
         let mut r = BufReader::with_capacity(1 << 20, file);
         match self.format {
             FileFormat::Avro => {
@@ -128,13 +153,20 @@ impl InputFile {
                         self.reader = None;
                         return Err(SourceError::Read {
                             path: self.path.clone(),
-                            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an Avro object container file: {e}")),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("not an Avro object container file: {e}"),
+                            ),
                         });
                     }
                 }
             }
             _ => {
-                r.seek(SeekFrom::Start(self.pos.byte_offset)).map_err(|e| SourceError::Read { path: self.path.clone(), source: e })?;
+                r.seek(SeekFrom::Start(self.pos.byte_offset))
+                    .map_err(|e| SourceError::Read {
+                        path: self.path.clone(),
+                        source: e,
+                    })?;
                 self.reader = Some(Reader::Ndjson(r));
             }
         }
@@ -145,7 +177,9 @@ impl InputFile {
 impl Source for FileSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<SourceBatch>, SourceError> {
         loop {
-            let Some(file) = self.files.get_mut(self.current) else { return Ok(None) };
+            let Some(file) = self.files.get_mut(self.current) else {
+                return Ok(None);
+            };
             if file.pos.done {
                 self.current += 1;
                 continue;
@@ -157,7 +191,12 @@ impl Source for FileSource {
                     // The file as a whole is unreadable: dead-letter it and move on.
                     match e {
                         SourceError::Read { source, .. } => {
-                            read_errors.push(ReadError { topic: topic.clone(), offset: 0, reason: source.to_string(), payload: Vec::new() });
+                            read_errors.push(ReadError {
+                                topic: topic.clone(),
+                                offset: 0,
+                                reason: source.to_string(),
+                                payload: Vec::new(),
+                            });
                             file.pos.done = true;
                             self.current += 1;
                             let raw = RawBatchBuilder::new(&topic, 0).finish();
@@ -177,7 +216,10 @@ impl Source for FileSource {
                         let n = Read::by_ref(r)
                             .take(MAX_RECORD_BYTES as u64 + 1)
                             .read_until(b'\n', &mut self.line)
-                            .map_err(|e| SourceError::Read { path: file.path.clone(), source: e })?;
+                            .map_err(|e| SourceError::Read {
+                                path: file.path.clone(),
+                                source: e,
+                            })?;
                         if n == 0 {
                             eof = true;
                             break;
@@ -187,7 +229,12 @@ impl Source for FileSource {
                         if line.len() > MAX_RECORD_BYTES && !line.ends_with(b"\n") {
                             // Skip the rest of the over-long line.
                             let mut rest = Vec::new();
-                            let skipped = r.read_until(b'\n', &mut rest).map_err(|e| SourceError::Read { path: file.path.clone(), source: e })?;
+                            let skipped =
+                                r.read_until(b'\n', &mut rest)
+                                    .map_err(|e| SourceError::Read {
+                                        path: file.path.clone(),
+                                        source: e,
+                                    })?;
                             consumed += skipped as u64;
                             file.pos.records += 1;
                             file.pos.byte_offset += consumed;
@@ -221,7 +268,12 @@ impl Source for FileSource {
                                 file.pos.records += 1;
                                 let json: Result<serde_json::Value, _> = value.try_into();
                                 match json {
-                                    Ok(j) => batch.push(file.pos.records as i64, ingested, b"", j.to_string().as_bytes()),
+                                    Ok(j) => batch.push(
+                                        file.pos.records as i64,
+                                        ingested,
+                                        b"",
+                                        j.to_string().as_bytes(),
+                                    ),
                                     Err(e) => read_errors.push(ReadError {
                                         topic: topic.clone(),
                                         offset: file.pos.records as i64,
@@ -253,7 +305,10 @@ impl Source for FileSource {
             if batch.is_empty() && read_errors.is_empty() {
                 continue;
             }
-            return Ok(Some(SourceBatch { raw: batch.finish(), read_errors }));
+            return Ok(Some(SourceBatch {
+                raw: batch.finish(),
+                read_errors,
+            }));
         }
     }
 
@@ -261,13 +316,25 @@ impl Source for FileSource {
         self.files
             .iter()
             .filter(|f| f.pos != FilePosition::default())
-            .map(|f| (f.key.clone(), serde_json::to_vec(&f.pos).unwrap_or_default()))
+            .map(|f| {
+                (
+                    f.key.clone(),
+                    serde_json::to_vec(&f.pos).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
     fn describe_position(&self) -> String {
         match self.files.get(self.current) {
-            Some(f) => format!("{} record {}", f.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), f.pos.records),
+            Some(f) => format!(
+                "{} record {}",
+                f.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                f.pos.records
+            ),
             None => "end of input".into(),
         }
     }
@@ -280,7 +347,9 @@ mod tests {
     use crate::stores::{Checkpoint, EmbeddedStore};
 
     fn payloads(b: &SourceBatch) -> Vec<String> {
-        (0..b.raw.offsets.len()).map(|i| String::from_utf8_lossy(bytes_at(&b.raw.payloads, i).unwrap()).into_owned()).collect()
+        (0..b.raw.offsets.len())
+            .map(|i| String::from_utf8_lossy(bytes_at(&b.raw.payloads, i).unwrap()).into_owned())
+            .collect()
     }
 
     #[test]
@@ -292,10 +361,23 @@ mod tests {
         let mut src = FileSource::open(&input, FileFormat::Auto, &store, "p").unwrap();
         let b = src.next_batch(2).unwrap().unwrap();
         assert_eq!(payloads(&b), vec!["a", "b"]);
-        assert_eq!(b.raw.offsets, vec![1, 3], "offsets are line numbers; the blank line is skipped");
-        store.commit(&Checkpoint { pipeline: "p".into(), deltas: vec![], positions: src.positions() }).unwrap();
+        assert_eq!(
+            b.raw.offsets,
+            vec![1, 3],
+            "offsets are line numbers; the blank line is skipped"
+        );
+        store
+            .commit(&Checkpoint {
+                pipeline: "p".into(),
+                deltas: vec![],
+                positions: src.positions(),
+            })
+            .unwrap();
         // Read further without committing: a restart must not skip these.
-        assert_eq!(payloads(&src.next_batch(2).unwrap().unwrap()), vec!["c", "d"]);
+        assert_eq!(
+            payloads(&src.next_batch(2).unwrap().unwrap()),
+            vec!["c", "d"]
+        );
         let mut again = FileSource::open(&input, FileFormat::Auto, &store, "p").unwrap();
         let b = again.next_batch(10).unwrap().unwrap();
         assert_eq!(payloads(&b), vec!["c", "d", "e"]);
@@ -330,9 +412,18 @@ mod tests {
     fn a_missing_path_or_empty_directory_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-        assert!(FileSource::open(&dir.path().join("nope.ndjson"), FileFormat::Auto, &store, "p").is_err());
+        assert!(FileSource::open(
+            &dir.path().join("nope.ndjson"),
+            FileFormat::Auto,
+            &store,
+            "p"
+        )
+        .is_err());
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert!(matches!(FileSource::open(&empty, FileFormat::Auto, &store, "p"), Err(PipelineError::Source(SourceError::NoFiles(_)))));
+        assert!(matches!(
+            FileSource::open(&empty, FileFormat::Auto, &store, "p"),
+            Err(PipelineError::Source(SourceError::NoFiles(_)))
+        ));
     }
 }

@@ -39,7 +39,7 @@ pub struct EmbeddedStore {
 }
 
 fn store_err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Embedded(e.into())
+    StoreError::Embedded(Box::new(e.into()))
 }
 
 fn tile_prefix(feature_id: u32, entity: &[u8], size_ms: i64, key: &mut Vec<u8>) {
@@ -63,7 +63,10 @@ fn decode_start(bytes: &[u8]) -> i64 {
 impl EmbeddedStore {
     /// Opens (or creates) the store file, creating its directory and tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |message: String| StoreError::Open { path: path.display().to_string(), message };
+        let open_err = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
@@ -83,12 +86,11 @@ impl EmbeddedStore {
     }
 }
 
-
 fn write_run(
     run_table: &mut redb::Table<u64, u64>,
     blocks: &mut redb::Table<&[u8], &[u8]>,
     id: u64,
-    encoded: Vec<(Vec<u8>, Vec<u8>)>,
+    encoded: runs::Blocks,
     entries: u64,
 ) -> Result<(), StoreError> {
     let mut key = Vec::with_capacity(80);
@@ -96,7 +98,9 @@ fn write_run(
         key.clear();
         key.extend_from_slice(&id.to_be_bytes());
         key.extend_from_slice(&first);
-        blocks.insert(key.as_slice(), block.as_slice()).map_err(store_err)?;
+        blocks
+            .insert(key.as_slice(), block.as_slice())
+            .map_err(store_err)?;
     }
     run_table.insert(id, entries).map_err(store_err)?;
     Ok(())
@@ -105,10 +109,16 @@ fn write_run(
 fn read_run(blocks: &redb::Table<&[u8], &[u8]>, id: u64) -> Result<runs::RunCursor, StoreError> {
     let (lo, hi) = (id.to_be_bytes(), (id + 1).to_be_bytes());
     let mut out = Vec::new();
-    for r in blocks.range(lo.as_slice()..hi.as_slice()).map_err(store_err)? {
+    for r in blocks
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+    {
         out.push(r.map_err(store_err)?.1.value().to_vec());
     }
-    runs::RunCursor::new(out).ok_or_else(|| StoreError::Corrupt { what: "tile block", message: format!("run {id}") })
+    runs::RunCursor::new(out).ok_or_else(|| StoreError::Corrupt {
+        what: "tile block",
+        message: format!("run {id}"),
+    })
 }
 
 impl TileStore for EmbeddedStore {
@@ -121,8 +131,11 @@ impl TileStore for EmbeddedStore {
             let mut existing = std::collections::HashMap::new();
             for row in table.iter().map_err(store_err)? {
                 let (k, v) = row.map_err(store_err)?;
-                let f: StoredFeature = serde_json::from_str(v.value())
-                    .map_err(|e| StoreError::Corrupt { what: "feature", message: e.to_string() })?;
+                let f: StoredFeature =
+                    serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
+                        what: "feature",
+                        message: e.to_string(),
+                    })?;
                 next_id = next_id.max(f.id + 1);
                 existing.insert(k.value().to_string(), f);
             }
@@ -142,8 +155,13 @@ impl TileStore for EmbeddedStore {
                         next_id += 1;
                     }
                 }
-                let json = serde_json::to_string(&f).map_err(|e| StoreError::Corrupt { what: "feature", message: e.to_string() })?;
-                table.insert(f.name.as_str(), json.as_str()).map_err(store_err)?;
+                let json = serde_json::to_string(&f).map_err(|e| StoreError::Corrupt {
+                    what: "feature",
+                    message: e.to_string(),
+                })?;
+                table
+                    .insert(f.name.as_str(), json.as_str())
+                    .map_err(store_err)?;
                 existing.insert(f.name.clone(), f.clone());
                 ids.push(f.id);
             }
@@ -159,7 +177,10 @@ impl TileStore for EmbeddedStore {
         for row in table.iter().map_err(store_err)? {
             let (_, v) = row.map_err(store_err)?;
             out.push(
-                serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt { what: "feature", message: e.to_string() })?,
+                serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: "feature",
+                    message: e.to_string(),
+                })?,
             );
         }
         Ok(out)
@@ -221,7 +242,9 @@ impl TileStore for EmbeddedStore {
                 for (id, _) in &merging {
                     cursors.push(read_run(&blocks, *id)?);
                     let (lo, hi) = (id.to_be_bytes(), (id + 1).to_be_bytes());
-                    blocks.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false).map_err(store_err)?;
+                    blocks
+                        .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                        .map_err(store_err)?;
                     run_table.remove(*id).map_err(store_err)?;
                 }
                 let mut merged = runs::BlockWriter::new();
@@ -229,18 +252,36 @@ impl TileStore for EmbeddedStore {
                 let (merged_blocks, merged_entries) = merged.finish();
                 // The merged run takes the oldest id, so it still reads before anything newer.
                 let id = merging[0].0;
-                write_run(&mut run_table, &mut blocks, id, merged_blocks, merged_entries)?;
+                write_run(
+                    &mut run_table,
+                    &mut blocks,
+                    id,
+                    merged_blocks,
+                    merged_entries,
+                )?;
                 live.push((id, merged_entries));
             }
             let mut positions = tx.open_table(POSITIONS).map_err(store_err)?;
             for (source, pos) in &cp.positions {
-                positions.insert(format!("{}/{}", cp.pipeline, source).as_str(), pos.as_slice()).map_err(store_err)?;
+                positions
+                    .insert(
+                        format!("{}/{}", cp.pipeline, source).as_str(),
+                        pos.as_slice(),
+                    )
+                    .map_err(store_err)?;
             }
         }
         tx.commit().map_err(store_err)
     }
 
-    fn read_tiles(&self, feature_id: u32, entity: &[u8], size_ms: i64, start: i64, end: i64) -> Result<Vec<(i64, TileAgg)>, StoreError> {
+    fn read_tiles(
+        &self,
+        feature_id: u32,
+        entity: &[u8],
+        size_ms: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, TileAgg)>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -260,7 +301,11 @@ impl TileStore for EmbeddedStore {
             let mut seek = rid.to_vec();
             seek.extend_from_slice(&lo);
             // The block holding `lo` is the last one whose first key is <= lo.
-            let from = match blocks.range(rid.as_slice()..=seek.as_slice()).map_err(store_err)?.next_back() {
+            let from = match blocks
+                .range(rid.as_slice()..=seek.as_slice())
+                .map_err(store_err)?
+                .next_back()
+            {
                 Some(r) => r.map_err(store_err)?.0.value().to_vec(),
                 None => rid.to_vec(),
             };
@@ -270,10 +315,16 @@ impl TileStore for EmbeddedStore {
                 if !k.starts_with(&rid) || &k[8..] >= hi.as_slice() {
                     break;
                 }
-                let block = runs::decode_block(v.value()).ok_or_else(|| StoreError::Corrupt { what: "tile block", message: format!("run {}", id.value()) })?;
+                let block = runs::decode_block(v.value()).ok_or_else(|| StoreError::Corrupt {
+                    what: "tile block",
+                    message: format!("run {}", id.value()),
+                })?;
                 for (key, agg) in block {
                     if key >= lo.as_slice() && key < hi.as_slice() {
-                        tiles.entry(decode_start(key)).or_insert(TileAgg::EMPTY).merge(&agg);
+                        tiles
+                            .entry(decode_start(key))
+                            .or_insert(TileAgg::EMPTY)
+                            .merge(&agg);
                     }
                 }
             }
@@ -284,7 +335,10 @@ impl TileStore for EmbeddedStore {
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(store_err)?;
         let table = tx.open_table(POSITIONS).map_err(store_err)?;
-        Ok(table.get(format!("{pipeline}/{source_key}").as_str()).map_err(store_err)?.map(|v| v.value().to_vec()))
+        Ok(table
+            .get(format!("{pipeline}/{source_key}").as_str())
+            .map_err(store_err)?
+            .map(|v| v.value().to_vec()))
     }
 }
 
@@ -310,28 +364,67 @@ mod tests {
     fn commits_merge_and_ranges_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let ids = store.register_features(&[feature("a", vec![60]), feature("b", vec![60])]).unwrap();
+        let ids = store
+            .register_features(&[feature("a", vec![60]), feature("b", vec![60])])
+            .unwrap();
         assert_eq!(ids, vec![0, 1]);
         let delta = |start: i64, n: u64| TileDelta {
             feature_id: 0,
             entity: b"e1".to_vec().into(),
             size_ms: 60_000,
             start,
-            agg: TileAgg { count: n, sum: n as f64, min: 1.0, max: 1.0, last_time: start, last: 1.0 },
+            agg: TileAgg {
+                count: n,
+                sum: n as f64,
+                min: 1.0,
+                max: 1.0,
+                last_time: start,
+                last: 1.0,
+            },
         };
-        let cp = Checkpoint { pipeline: "p".into(), deltas: vec![delta(-60_000, 1), delta(0, 2), delta(60_000, 3)], positions: vec![("f".into(), b"10".to_vec())] };
+        let cp = Checkpoint {
+            pipeline: "p".into(),
+            deltas: vec![delta(-60_000, 1), delta(0, 2), delta(60_000, 3)],
+            positions: vec![("f".into(), b"10".to_vec())],
+        };
         store.commit(&cp).unwrap();
-        store.commit(&Checkpoint { pipeline: "p".into(), deltas: vec![delta(0, 5)], positions: vec![("f".into(), b"20".to_vec())] }).unwrap();
+        store
+            .commit(&Checkpoint {
+                pipeline: "p".into(),
+                deltas: vec![delta(0, 5)],
+                positions: vec![("f".into(), b"20".to_vec())],
+            })
+            .unwrap();
         let tiles = store.read_tiles(0, b"e1", 60_000, -60_000, 60_000).unwrap();
-        assert_eq!(tiles.iter().map(|(s, a)| (*s, a.count)).collect::<Vec<_>>(), vec![(-60_000, 1), (0, 7)]);
-        assert!(store.read_tiles(0, b"e", 60_000, -60_000, 120_000).unwrap().is_empty(), "entity prefix must not match");
-        assert!(store.read_tiles(1, b"e1", 60_000, -60_000, 120_000).unwrap().is_empty());
+        assert_eq!(
+            tiles.iter().map(|(s, a)| (*s, a.count)).collect::<Vec<_>>(),
+            vec![(-60_000, 1), (0, 7)]
+        );
+        assert!(
+            store
+                .read_tiles(0, b"e", 60_000, -60_000, 120_000)
+                .unwrap()
+                .is_empty(),
+            "entity prefix must not match"
+        );
+        assert!(store
+            .read_tiles(1, b"e1", 60_000, -60_000, 120_000)
+            .unwrap()
+            .is_empty());
         assert_eq!(store.position("p", "f").unwrap(), Some(b"20".to_vec()));
         // Ids are stable, a compatible re-registration keeps them, an incompatible one fails.
         drop(store);
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        assert_eq!(store.register_features(&[feature("b", vec![60]), feature("c", vec![60])]).unwrap(), vec![1, 2]);
-        assert!(matches!(store.register_features(&[feature("a", vec![60, 3600])]), Err(StoreError::FeatureConflict { .. })));
+        assert_eq!(
+            store
+                .register_features(&[feature("b", vec![60]), feature("c", vec![60])])
+                .unwrap(),
+            vec![1, 2]
+        );
+        assert!(matches!(
+            store.register_features(&[feature("a", vec![60, 3600])]),
+            Err(StoreError::FeatureConflict { .. })
+        ));
         assert_eq!(store.features().unwrap().len(), 3);
     }
 
@@ -371,19 +464,53 @@ mod tests {
                     entity: entity.into(),
                     size_ms: 60_000,
                     start,
-                    agg: TileAgg { count: c, sum: c as f64, min: 1.0, max: 1.0, last_time: start, last: 1.0 },
+                    agg: TileAgg {
+                        count: c,
+                        sum: c as f64,
+                        min: 1.0,
+                        max: 1.0,
+                        last_time: start,
+                        last: 1.0,
+                    },
                 });
             }
-            store.commit(&Checkpoint { pipeline: "p".into(), deltas, positions: vec![] }).unwrap();
+            store
+                .commit(&Checkpoint {
+                    pipeline: "p".into(),
+                    deltas,
+                    positions: vec![],
+                })
+                .unwrap();
         }
-        let runs = { use redb::ReadableTableMetadata; store.db.begin_read().unwrap().open_table(RUNS).unwrap().len().unwrap() };
+        let runs = {
+            use redb::ReadableTableMetadata;
+            store
+                .db
+                .begin_read()
+                .unwrap()
+                .open_table(RUNS)
+                .unwrap()
+                .len()
+                .unwrap()
+        };
         assert!(runs < 17, "{runs} runs");
         for e in 0..50 {
             let entity = format!("e{e}").into_bytes();
-            for (lo, hi) in [(-200 * 60_000, 500 * 60_000), (-7 * 60_000, 13 * 60_000), (250 * 60_000, 251 * 60_000)] {
-                let got: Vec<(i64, u64)> = store.read_tiles(3, &entity, 60_000, lo, hi).unwrap().into_iter().map(|(s, a)| (s, a.count)).collect();
-                let want: Vec<(i64, u64)> =
-                    brute.range((entity.clone(), lo)..(entity.clone(), hi)).map(|((_, s), c)| (*s, *c)).collect();
+            for (lo, hi) in [
+                (-200 * 60_000, 500 * 60_000),
+                (-7 * 60_000, 13 * 60_000),
+                (250 * 60_000, 251 * 60_000),
+            ] {
+                let got: Vec<(i64, u64)> = store
+                    .read_tiles(3, &entity, 60_000, lo, hi)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(s, a)| (s, a.count))
+                    .collect();
+                let want: Vec<(i64, u64)> = brute
+                    .range((entity.clone(), lo)..(entity.clone(), hi))
+                    .map(|((_, s), c)| (*s, *c))
+                    .collect();
                 assert_eq!(got, want, "entity e{e} [{lo}, {hi})");
             }
         }

@@ -26,11 +26,14 @@ const MAX_RUNS: usize = 16;
 /// One (key, tile) entry of a run.
 pub type Entry = (Vec<u8>, TileAgg);
 
+/// Encoded blocks of a run: (first key, block bytes).
+pub type Blocks = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Encodes a sorted stream of entries into blocks, merging equal
 /// consecutive keys (in arrival order), without an allocation per entry.
 #[derive(Default)]
 pub struct BlockWriter {
-    blocks: Vec<(Vec<u8>, Vec<u8>)>,
+    blocks: Blocks,
     block: Vec<u8>,
     first: Vec<u8>,
     pending_key: Vec<u8>,
@@ -63,7 +66,9 @@ impl BlockWriter {
     }
 
     fn flush_pending(&mut self) {
-        let Some(agg) = self.pending.take() else { return };
+        let Some(agg) = self.pending.take() else {
+            return;
+        };
         if self.block.len() >= BLOCK_BYTES {
             let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 256));
             self.blocks.push((std::mem::take(&mut self.first), block));
@@ -72,14 +77,15 @@ impl BlockWriter {
             self.first.clear();
             self.first.extend_from_slice(&self.pending_key);
         }
-        self.block.extend_from_slice(&(self.pending_key.len() as u16).to_le_bytes());
+        self.block
+            .extend_from_slice(&(self.pending_key.len() as u16).to_le_bytes());
         self.block.extend_from_slice(&self.pending_key);
         self.block.extend_from_slice(&agg.encode());
         self.entries += 1;
     }
 
     /// The blocks (first key, bytes) and the number of entries.
-    pub fn finish(mut self) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+    pub fn finish(mut self) -> (Blocks, u64) {
         self.flush_pending();
         if !self.block.is_empty() {
             self.blocks.push((self.first, self.block));
@@ -101,7 +107,11 @@ impl RunCursor {
         if blocks.iter().any(|b| decode_block(b).is_none()) {
             return None;
         }
-        Some(RunCursor { blocks, block: 0, offset: 0 })
+        Some(RunCursor {
+            blocks,
+            block: 0,
+            offset: 0,
+        })
     }
 
     /// The current entry (blocks were checked in `new`).
@@ -109,12 +119,16 @@ impl RunCursor {
         let b = self.blocks.get(self.block)?;
         let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
         let key = &b[self.offset + 2..self.offset + 2 + len];
-        let agg = TileAgg::decode(&b[self.offset + 2 + len..self.offset + 2 + len + TileAgg::ENCODED_LEN])?;
+        let agg = TileAgg::decode(
+            &b[self.offset + 2 + len..self.offset + 2 + len + TileAgg::ENCODED_LEN],
+        )?;
         Some((key, agg))
     }
 
     pub fn advance(&mut self) {
-        let Some(b) = self.blocks.get(self.block) else { return };
+        let Some(b) = self.blocks.get(self.block) else {
+            return;
+        };
         let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
         self.offset += 2 + len + TileAgg::ENCODED_LEN;
         if self.offset >= b.len() {
@@ -147,13 +161,16 @@ pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) {
 /// Splits sorted entries into encoded blocks, each with its first key (the
 /// simple reference the tests check [`BlockWriter`] against).
 #[cfg(test)]
-pub fn encode_blocks(entries: &[Entry]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn encode_blocks(entries: &[Entry]) -> Blocks {
     let mut blocks = Vec::new();
     let mut block = Vec::with_capacity(BLOCK_BYTES + 256);
     let mut first: Option<&[u8]> = None;
     for (key, agg) in entries {
         if block.len() >= BLOCK_BYTES {
-            blocks.push((first.take().unwrap_or_default().to_vec(), std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES + 256))));
+            blocks.push((
+                first.take().unwrap_or_default().to_vec(),
+                std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES + 256)),
+            ));
         }
         if first.is_none() {
             first = Some(key);
@@ -194,7 +211,8 @@ pub fn merge_runs(mut runs: Vec<Vec<Entry>>) -> Vec<Entry> {
         // The smallest head key; on equal keys the oldest run comes first.
         let mut best: Option<usize> = None;
         for i in 0..runs.len() {
-            if pos[i] < runs[i].len() && best.is_none_or(|b| runs[i][pos[i]].0 < runs[b][pos[b]].0) {
+            if pos[i] < runs[i].len() && best.is_none_or(|b| runs[i][pos[i]].0 < runs[b][pos[b]].0)
+            {
                 best = Some(i);
             }
         }
@@ -252,12 +270,21 @@ mod tests {
     use super::*;
 
     fn agg(n: u64, t: i64) -> TileAgg {
-        TileAgg { count: n, sum: n as f64, min: 0.0, max: n as f64, last_time: t, last: n as f64 }
+        TileAgg {
+            count: n,
+            sum: n as f64,
+            min: 0.0,
+            max: n as f64,
+            last_time: t,
+            last: n as f64,
+        }
     }
 
     #[test]
     fn blocks_round_trip_and_split() {
-        let entries: Vec<Entry> = (0..2000u32).map(|i| (format!("key-{i:06}").into_bytes(), agg(i as u64, 0))).collect();
+        let entries: Vec<Entry> = (0..2000u32)
+            .map(|i| (format!("key-{i:06}").into_bytes(), agg(i as u64, 0)))
+            .collect();
         let blocks = encode_blocks(&entries);
         assert!(blocks.len() > 4);
         let mut back = Vec::new();
@@ -275,7 +302,10 @@ mod tests {
         let a = vec![(b"a".to_vec(), agg(1, 5)), (b"c".to_vec(), agg(1, 5))];
         let b = vec![(b"b".to_vec(), agg(2, 1)), (b"c".to_vec(), agg(2, 5))];
         let m = merge_runs(vec![a, b]);
-        assert_eq!(m.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            m.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(m[2].1.count, 3);
         assert_eq!(m[2].1.last, 2.0, "the newer run wins a tie on event time");
     }
@@ -315,7 +345,10 @@ mod writer_tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    (format!("k{:05}", x % 3000).into_bytes(), TileAgg::of(i as f64, (x % 7) as i64))
+                    (
+                        format!("k{:05}", x % 3000).into_bytes(),
+                        TileAgg::of(i as f64, (x % 7) as i64),
+                    )
                 })
                 .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -323,15 +356,31 @@ mod writer_tests {
         };
         let runs = vec![run(1, 2000), run(2, 500), run(3, 3000)];
         let want = merge_runs(runs.clone());
-        let cursors = runs.iter().map(|r| RunCursor::new(encode_blocks(r).into_iter().map(|(_, b)| b).collect()).unwrap()).collect();
+        let cursors = runs
+            .iter()
+            .map(|r| {
+                RunCursor::new(encode_blocks(r).into_iter().map(|(_, b)| b).collect()).unwrap()
+            })
+            .collect();
         let mut w = BlockWriter::new();
         merge_cursors(cursors, &mut w);
         let (blocks, n) = w.finish();
-        let got: Vec<Entry> = blocks.iter().flat_map(|(_, b)| decode_block(b).unwrap().into_iter().map(|(k, a)| (k.to_vec(), a))).collect();
+        let got: Vec<Entry> = blocks
+            .iter()
+            .flat_map(|(_, b)| {
+                decode_block(b)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, a)| (k.to_vec(), a))
+            })
+            .collect();
         assert_eq!(n as usize, got.len());
         assert_eq!(got, want);
         let mut w = BlockWriter::new();
         assert!(w.push(b"b", &TileAgg::of(1.0, 1)));
-        assert!(!w.push(b"a", &TileAgg::of(1.0, 1)), "out of order is refused");
+        assert!(
+            !w.push(b"a", &TileAgg::of(1.0, 1)),
+            "out of order is refused"
+        );
     }
 }

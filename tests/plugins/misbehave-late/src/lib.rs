@@ -9,7 +9,9 @@ pub struct BadLate {
 
 impl LateHandler for BadLate {
     fn init(config: &str) -> Result<Self, String> {
-        Ok(BadLate { trap: config.contains("trap") })
+        Ok(BadLate {
+            trap: config.contains("trap"),
+        })
     }
 
     fn decide(&mut self, batch: &LateBatch) -> Vec<LateDecision> {

@@ -19,16 +19,31 @@ pub struct Misbehave {
 
 impl Feature for Misbehave {
     fn init(config: &str) -> Result<(Self, Vec<FeatureSpec>), String> {
-        let always = config.split("\"always\"").nth(1).and_then(|rest| rest.split('"').nth(1)).map(str::to_string);
+        let always = config
+            .split("\"always\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').nth(1))
+            .map(str::to_string);
         if config.contains("fail-init") {
             return Err("init refused on purpose".into());
         }
-        Ok((Misbehave { always }, vec![FeatureSpec::count("misbehave_count", "post_id", &[60, 3600])]))
+        Ok((
+            Misbehave { always },
+            vec![FeatureSpec::count(
+                "misbehave_count",
+                "post_id",
+                &[60, 3600],
+            )],
+        ))
     }
 
     fn process(&mut self, events: &EventBatch, out: &mut Updates) -> Result<(), String> {
         for row in 0..events.len() {
-            let ty = self.always.as_deref().or(events.type_name(row)).unwrap_or("");
+            let ty = self
+                .always
+                .as_deref()
+                .or(events.type_name(row))
+                .unwrap_or("");
             match ty {
                 "loop" => {
                     let mut x: u64 = 0;

@@ -4,8 +4,9 @@
 //! both alike).
 //!
 //! Run: `cargo bench -p tessera --bench pipeline` (builds the plugins first
-//! with scripts/build-plugins.sh). `TESSERA_BENCH_EVENTS` and
-//! `TESSERA_BENCH_RUNS` change the size (default 1,000,000 events, 5 runs).
+//! with scripts/build-plugins.sh). `TESSERA_BENCH_EVENTS`,
+//! `TESSERA_BENCH_RUNS` and `TESSERA_BENCH_CHECKPOINT` change the size
+//! (default 1,000,000 events, 5 runs, a checkpoint every 500,000 updates).
 
 use std::time::{Duration, Instant};
 
@@ -274,6 +275,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let checkpoint: u64 = std::env::var("TESSERA_BENCH_CHECKPOINT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -335,7 +340,7 @@ fn main() {
             .0,
     };
 
-    println!("{n} events ({:.1} MB NDJSON), batches of 1024, checkpoint every 500k updates, {runs} runs, median", bytes as f64 / 1e6);
+    println!("{n} events ({:.1} MB NDJSON), batches of 1024, checkpoint every {checkpoint} updates, {runs} runs, median", bytes as f64 / 1e6);
     let mut results: Vec<(&str, Vec<Split>)> = vec![
         ("native", vec![]),
         ("wasm (fuel + epoch)", vec![]),
@@ -347,7 +352,7 @@ fn main() {
             .into_iter()
             .enumerate()
         {
-            let (split, u, t) = run_once(&lines, plugins, &specs, 1024, 500_000);
+            let (split, u, t) = run_once(&lines, plugins, &specs, 1024, checkpoint);
             (updates, tiles) = (u, t);
             results[i].1.push(split);
         }

@@ -288,6 +288,26 @@ impl EventBatchBuilder {
         Self::default()
     }
 
+    /// Reserves room for `events` more events, and `text_bytes` more bytes
+    /// in each utf8 column, so a batch fills without reallocating.
+    pub fn reserve(&mut self, events: usize, text_bytes: usize) {
+        self.source_row.reserve(events);
+        self.event_time.reserve(events);
+        self.event_type.reserve(events);
+        for c in &mut self.columns {
+            c.present.reserve(events);
+            match &mut c.values {
+                ColumnValues::Float64(v) => v.reserve(events),
+                ColumnValues::Int64(v) => v.reserve(events),
+                ColumnValues::Boolean(v) => v.reserve(events),
+                ColumnValues::Utf8(b) => {
+                    b.offsets.reserve(events);
+                    b.data.reserve(text_bytes);
+                }
+            }
+        }
+    }
+
     /// Adds a column (or returns the existing one of that name) and gives its index.
     pub fn add_column(&mut self, name: &str, ty: ColumnType) -> usize {
         if let Some(i) = self.columns.iter().position(|c| c.name == name) {

@@ -140,6 +140,8 @@ impl Parser for JsonParser {
         for (name, ty) in &self.columns {
             out.events.add_column(name, *ty);
         }
+        // One event per record is the common case; keys are short.
+        out.events.reserve(batch.len(), batch.len() * 16);
         for row in 0..batch.len() {
             let payload = batch.payload(row);
             if let Err(reason) = self.parse_payload(row, payload, out) {

@@ -83,13 +83,9 @@ fn main() -> Result<()> {
         } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
-            let f = store
-                .features()?
-                .into_iter()
-                .find(|f| f.name == feature)
-                .with_context(|| {
-                    format!("no feature named `{feature}` in the store (run the pipeline first?)")
-                })?;
+            let f = store.feature(&feature)?.with_context(|| {
+                format!("no feature named `{feature}` in the store (run the pipeline first?)")
+            })?;
             let window_ms = query::parse_window(&window).map_err(anyhow::Error::msg)?;
             let at_ms = match at {
                 Some(a) => query::parse_at(&a).map_err(anyhow::Error::msg)?,

@@ -102,12 +102,7 @@ fn poison_events_are_dead_lettered_with_reasons_and_the_rest_is_exact() {
         .filter(|e| !POISON.iter().any(|(t, _)| *t == e.ty))
         .cloned()
         .collect();
-    let f = store
-        .features()
-        .unwrap()
-        .into_iter()
-        .find(|f| f.name == "misbehave_count")
-        .unwrap();
+    let f = store.feature("misbehave_count").unwrap().unwrap();
     for post in 0..40 {
         let entity = format!("post-{post}");
         let a = query::answer(
@@ -158,12 +153,7 @@ fn a_plugin_that_always_fails_is_quarantined_and_halts_without_committing() {
             .unwrap(),
         None
     );
-    let f = store
-        .features()
-        .unwrap()
-        .into_iter()
-        .find(|f| f.name == "likes_per_post")
-        .unwrap();
+    let f = store.feature("likes_per_post").unwrap().unwrap();
     assert_eq!(
         query::answer(store.as_ref(), &f, "post-1", 86_400_000, T0 + 3_600_000)
             .unwrap()

@@ -40,12 +40,7 @@ async fn serving_answers_match_the_query_function_and_errors_are_clear() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let f = store
-        .features()
-        .unwrap()
-        .into_iter()
-        .find(|f| f.name == "likes_per_post")
-        .unwrap();
+    let f = store.feature("likes_per_post").unwrap().unwrap();
     let want = query::answer(store.as_ref(), &f, "post-3", 30 * 60_000, at).unwrap();
     assert_eq!(body, serde_json::to_value(&want).unwrap());
     assert!(want.count > 0);

@@ -101,9 +101,7 @@ async fn get_feature(
     let store = s.store.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<query::FeatureAnswer, ApiError> {
         let f = store
-            .features()?
-            .into_iter()
-            .find(|f| f.name == feature)
+            .feature(&feature)?
             .ok_or_else(|| ApiError::NotFound(format!("no feature named `{feature}`")))?;
         Ok(query::answer(
             store.as_ref(),

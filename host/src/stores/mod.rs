@@ -58,6 +58,9 @@ pub trait TileStore: Send + Sync {
     /// Every registered feature.
     fn features(&self) -> Result<Vec<StoredFeature>, StoreError>;
 
+    /// One registered feature by name (a point lookup: serving calls this per query).
+    fn feature(&self, name: &str) -> Result<Option<StoredFeature>, StoreError>;
+
     /// Merges the deltas into stored tiles and records the positions, atomically.
     fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
 

@@ -86,6 +86,13 @@ impl EmbeddedStore {
     }
 }
 
+fn decode_feature(json: &str) -> Result<StoredFeature, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        what: "feature",
+        message: e.to_string(),
+    })
+}
+
 fn write_run(
     run_table: &mut redb::Table<u64, u64>,
     blocks: &mut redb::Table<&[u8], &[u8]>,
@@ -131,11 +138,7 @@ impl TileStore for EmbeddedStore {
             let mut existing = std::collections::HashMap::new();
             for row in table.iter().map_err(store_err)? {
                 let (k, v) = row.map_err(store_err)?;
-                let f: StoredFeature =
-                    serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
-                        what: "feature",
-                        message: e.to_string(),
-                    })?;
+                let f = decode_feature(v.value())?;
                 next_id = next_id.max(f.id + 1);
                 existing.insert(k.value().to_string(), f);
             }
@@ -176,14 +179,16 @@ impl TileStore for EmbeddedStore {
         let mut out = Vec::new();
         for row in table.iter().map_err(store_err)? {
             let (_, v) = row.map_err(store_err)?;
-            out.push(
-                serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: "feature",
-                    message: e.to_string(),
-                })?,
-            );
+            out.push(decode_feature(v.value())?);
         }
         Ok(out)
+    }
+
+    fn feature(&self, name: &str) -> Result<Option<StoredFeature>, StoreError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = tx.open_table(FEATURES).map_err(store_err)?;
+        let row = table.get(name).map_err(store_err)?;
+        row.map(|v| decode_feature(v.value())).transpose()
     }
 
     fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
@@ -426,6 +431,8 @@ mod tests {
             Err(StoreError::FeatureConflict { .. })
         ));
         assert_eq!(store.features().unwrap().len(), 3);
+        assert_eq!(store.feature("c").unwrap().map(|f| f.id), Some(2));
+        assert_eq!(store.feature("nope").unwrap(), None);
     }
 
     #[test]

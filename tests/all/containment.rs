@@ -2,13 +2,10 @@
 //! the dead letter with the reason, everything else is processed, and other
 //! plugins are unaffected.
 
-use std::sync::Arc;
-
 use tessera::api::query;
 use tessera::config::RuntimeConfig;
 use tessera::plugin::{PluginError, PluginRuntime, PluginSource};
-use tessera::stores::{self, TileStore};
-use tessera::{Config, Pipeline, PipelineError};
+use tessera::PipelineError;
 
 use crate::support::{self, Event, T0};
 
@@ -24,13 +21,6 @@ quarantine = {quarantine}
 "#,
         support::plugin("misbehave").display()
     )
-}
-
-fn build(cfg: &str) -> (Arc<dyn TileStore>, Pipeline) {
-    let cfg = Config::parse(cfg).unwrap();
-    let store = stores::open(&cfg.store).unwrap();
-    let p = Pipeline::build(cfg, store.clone()).unwrap();
-    (store, p)
 }
 
 const POISON: [(&str, &str); 6] = [
@@ -61,7 +51,7 @@ fn poison_events_are_dead_lettered_with_reasons_and_the_rest_is_exact() {
         &(misbehave_section("{}", "{ after_consecutive_failures = 50 }")
             + "[watermark]\nout_of_orderness = \"1h\""),
     );
-    let (store, mut p) = build(&cfg);
+    let (store, mut p) = support::build(&cfg);
     let stats = p.run(&mut |_| {}).unwrap();
     assert_eq!(stats.records_in, 3_000);
 
@@ -133,7 +123,7 @@ fn a_plugin_that_always_fails_is_quarantined_and_halts_without_committing() {
             r#"{ after_consecutive_failures = 3, action = "halt" }"#,
         ),
     );
-    let (store, mut p) = build(&cfg);
+    let (store, mut p) = support::build(&cfg);
     match p.run(&mut |_| {}) {
         Err(PipelineError::Quarantined {
             plugin,
@@ -177,7 +167,7 @@ fn quarantine_with_dead_letter_action_keeps_the_pipeline_running() {
             r#"{ after_consecutive_failures = 2, action = "dead_letter" }"#,
         ) + "[watermark]\nout_of_orderness = \"1h\""),
     );
-    let (store, mut p) = build(&cfg);
+    let (store, mut p) = support::build(&cfg);
     let stats = p.run(&mut |_| {}).unwrap();
     // Every event reached the dead letter once, for the misbehaving plugin.
     assert_eq!(stats.dead_lettered, 2_000);
@@ -264,7 +254,7 @@ fn plugin_log_lines_reach_the_host_log_with_the_plugin_name() {
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &events);
     let cfg = support::config(dir.path(), &input, "", &misbehave_section("{}", "{}"));
-    let (_, mut p) = build(&cfg);
+    let (_, mut p) = support::build(&cfg);
     p.run(&mut |_| {}).unwrap();
     let log = log.text();
     let line = log

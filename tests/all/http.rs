@@ -5,8 +5,6 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use tessera::api::{self, query};
-use tessera::stores;
-use tessera::{Config, Pipeline};
 
 use crate::support::{self, T0};
 
@@ -27,9 +25,7 @@ async fn serving_answers_match_the_query_function_and_errors_are_clear() {
     let events = support::events(51, 3_000, 3_600_000, 1_000, None);
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &events);
-    let cfg = Config::parse(&support::config(dir.path(), &input, "", "")).unwrap();
-    let store = stores::open(&cfg.store).unwrap();
-    let mut p = Pipeline::build(cfg, store.clone()).unwrap();
+    let (store, mut p) = support::build(&support::config(dir.path(), &input, "", ""));
     tokio::task::block_in_place(|| p.run(&mut |_| {})).unwrap();
     let app = api::router(store.clone());
 

@@ -1,21 +1,9 @@
 //! File sources: NDJSON and Avro give the same tiles; malformed input goes to
 //! the dead letter with a reason; a re-run over committed input counts nothing twice.
 
-use std::sync::Arc;
-
 use apache_avro::{types::Record, Schema, Writer};
-use tessera::stores::{self, TileStore};
-use tessera::{Config, Pipeline, RunStats};
 
 use crate::support::{self, Event};
-
-fn run(cfg: &str) -> (Arc<dyn TileStore>, RunStats) {
-    let cfg = Config::parse(cfg).unwrap();
-    let store = stores::open(&cfg.store).unwrap();
-    let mut p = Pipeline::build(cfg, store.clone()).unwrap();
-    let stats = p.run(&mut |_| {}).unwrap();
-    (store, stats)
-}
 
 const SCHEMA: &str = r#"{"type": "record", "name": "Event", "fields": [
   {"name": "ts", "type": "long"}, {"name": "type", "type": "string"},
@@ -51,7 +39,7 @@ fn avro_files_give_the_same_answers_as_ndjson() {
     let events = support::events(17, 5_000, 2 * 3_600_000, 5_000, None);
     let input = dir.path().join("events.avro");
     write_avro(&input, &events);
-    let (store, stats) = run(&support::config(
+    let (store, stats) = support::run(&support::config(
         dir.path(),
         &input,
         "",
@@ -91,7 +79,7 @@ fn corrupt_and_malformed_input_is_dead_lettered_not_dropped() {
     avro_path = input.join("c.avro");
     std::fs::write(&avro_path, b"this is not an avro file").unwrap();
 
-    let (_store, stats) = run(&support::config(
+    let (_store, stats) = support::run(&support::config(
         dir.path(),
         &input,
         "",
@@ -152,10 +140,10 @@ fn running_again_over_committed_input_counts_nothing_twice() {
         "checkpoint_events = 1000",
         "[watermark]\nout_of_orderness = \"1h\"",
     );
-    let (store, first) = run(&cfg);
+    let (store, first) = support::run(&cfg);
     assert_eq!(first.records_in, 4_000);
     drop(store);
-    let (store, second) = run(&cfg);
+    let (store, second) = support::run(&cfg);
     assert_eq!(second.records_in, 0);
     crate::windows::check_windows(store.as_ref(), &events, 31, 100);
 }

@@ -209,6 +209,31 @@ path = "{dir}/side-output.ndjson"
     )
 }
 
+/// Parses a config and builds its pipeline over its store.
+pub fn build(
+    cfg: &str,
+) -> (
+    std::sync::Arc<dyn tessera::stores::TileStore>,
+    tessera::Pipeline,
+) {
+    let cfg = tessera::Config::parse(cfg).unwrap();
+    let store = tessera::stores::open(&cfg.store).unwrap();
+    let p = tessera::Pipeline::build(cfg, store.clone()).unwrap();
+    (store, p)
+}
+
+/// Builds a pipeline from a config and runs it to the end of its input.
+pub fn run(
+    cfg: &str,
+) -> (
+    std::sync::Arc<dyn tessera::stores::TileStore>,
+    tessera::RunStats,
+) {
+    let (store, mut p) = build(cfg);
+    let stats = p.run(&mut |_| {}).unwrap();
+    (store, stats)
+}
+
 /// Reads an NDJSON file into JSON values (empty when it does not exist).
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -1,10 +1,7 @@
 //! Window answers against a brute-force oracle over the raw events.
 
-use std::sync::Arc;
-
 use tessera::api::query;
-use tessera::stores::{self, TileStore};
-use tessera::{Config, Pipeline};
+use tessera::stores::TileStore;
 
 use crate::support::{self, Event, Rng, T0};
 
@@ -18,14 +15,6 @@ const FEATURES: [&str; 8] = [
     "dwell_last",
     "dwell_mean",
 ];
-
-fn run(cfg: &str) -> (Arc<dyn TileStore>, tessera::RunStats) {
-    let cfg = Config::parse(cfg).unwrap();
-    let store = stores::open(&cfg.store).unwrap();
-    let mut p = Pipeline::build(cfg, store.clone()).unwrap();
-    let stats = p.run(&mut |_| {}).unwrap();
-    (store, stats)
-}
 
 /// Checks `queries` random window queries against the oracle over `accepted`.
 pub fn check_windows(store: &dyn TileStore, accepted: &[Event], seed: u64, queries: usize) {
@@ -93,7 +82,7 @@ fn window_answers_match_brute_force() {
         "checkpoint_events = 3000",
         "[watermark]\nout_of_orderness = \"1h\"",
     );
-    let (store, stats) = run(&cfg);
+    let (store, stats) = support::run(&cfg);
     assert_eq!(stats.records_in, 20_000);
     assert_eq!(stats.events_out, 20_000);
     assert_eq!(stats.dead_lettered, 0);
@@ -119,7 +108,7 @@ fn late_events_follow_the_late_handler_policy() {
         support::plugin("late_default").display()
     );
     let cfg = support::config(dir.path(), &input, "", &late);
-    let (store, stats) = run(&cfg);
+    let (store, stats) = support::run(&cfg);
 
     // Oracle: replay the batches (256 records each) with the same watermark rule.
     let (mut accepted, mut side, mut max_seen) = (Vec::new(), 0u64, i64::MIN);
@@ -165,7 +154,7 @@ fn a_failing_late_handler_dead_letters_only_the_late_events() {
             "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"bad-late\"\npath = \"{}\"\nconfig = \"{mode}\"\nquarantine = {{ after_consecutive_failures = 1000 }}",
             support::plugin("misbehave_late").display()
         );
-        let (store, stats) = run(&support::config(dir.path(), &input, "", &late));
+        let (store, stats) = support::run(&support::config(dir.path(), &input, "", &late));
         // Oracle: the events behind the watermark (per 256-record batch) are exactly the dead letters.
         let (mut accepted, mut late_rows, mut max_seen) = (Vec::new(), Vec::new(), i64::MIN);
         for (b, batch) in events.chunks(256).enumerate() {

@@ -61,6 +61,14 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
 }
 
+/// Where a dead-lettered record came from, and its bytes.
+struct RecordRef<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    payload: &'a [u8],
+}
+
 /// Which stage a dead letter comes from.
 #[derive(Clone, Copy)]
 enum Stage {
@@ -266,6 +274,7 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Dead-letters record `row` of `raw`.
     fn dead_letter(
         &mut self,
         stage: Stage,
@@ -274,6 +283,23 @@ impl Pipeline {
         raw: &RawBatch,
         row: usize,
     ) -> Result<(), PipelineError> {
+        let record = RecordRef {
+            topic: &raw.topic,
+            partition: raw.partition,
+            offset: raw.offsets.get(row).copied().unwrap_or(-1),
+            payload: bytes_at(&raw.payloads, row).unwrap_or(&[]),
+        };
+        self.write_dead_letter(stage, plugin, reason, record)
+    }
+
+    /// Writes one dead letter and counts it.
+    fn write_dead_letter(
+        &mut self,
+        stage: Stage,
+        plugin: Option<&PluginMeta>,
+        reason: &str,
+        record: RecordRef<'_>,
+    ) -> Result<(), PipelineError> {
         let mut dl = DeadLetter {
             at: now_ms(),
             pipeline: self.cfg.pipeline.name.clone(),
@@ -281,13 +307,13 @@ impl Pipeline {
             plugin: plugin.map(|p| p.name.clone()),
             plugin_version: plugin.map(|p| p.version.clone()),
             reason: reason.to_string(),
-            topic: raw.topic.clone(),
-            partition: raw.partition,
-            offset: raw.offsets.get(row).copied().unwrap_or(-1),
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
             payload: None,
             payload_base64: None,
         };
-        dl.set_payload(bytes_at(&raw.payloads, row).unwrap_or(&[]));
+        dl.set_payload(record.payload);
         self.dead_letter.write(&dl)?;
         self.stats.dead_lettered += 1;
         Ok(())
@@ -295,22 +321,13 @@ impl Pipeline {
 
     fn process(&mut self, batch: SourceBatch) -> Result<(), PipelineError> {
         for e in &batch.read_errors {
-            let mut dl = DeadLetter {
-                at: now_ms(),
-                pipeline: self.cfg.pipeline.name.clone(),
-                stage: Stage::Source.name(),
-                plugin: None,
-                plugin_version: None,
-                reason: e.reason.clone(),
-                topic: e.topic.clone(),
+            let record = RecordRef {
+                topic: &e.topic,
                 partition: 0,
                 offset: e.offset,
-                payload: None,
-                payload_base64: None,
+                payload: &e.payload,
             };
-            dl.set_payload(&e.payload);
-            self.dead_letter.write(&dl)?;
-            self.stats.dead_lettered += 1;
+            self.write_dead_letter(Stage::Source, None, &e.reason, record)?;
             self.stats.records_in += 1;
         }
         if batch.raw.offsets.is_empty() {

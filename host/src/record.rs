@@ -165,18 +165,6 @@ pub fn select_events(batch: &EventBatch, rows: &[u32]) -> EventBatch {
     }
 }
 
-/// An empty event batch.
-pub fn empty_events() -> EventBatch {
-    EventBatch {
-        len: 0,
-        source_row: vec![],
-        event_time: vec![],
-        event_type: vec![],
-        type_names: vec![],
-        columns: vec![],
-    }
-}
-
 /// The column called `name`.
 pub fn column<'a>(batch: &'a EventBatch, name: &str) -> Option<&'a Column> {
     batch.columns.iter().find(|c| c.name == name)

@@ -199,18 +199,6 @@ impl Pipeline {
         self.stop.clone()
     }
 
-    pub fn store(&self) -> &Arc<dyn TileStore> {
-        &self.store
-    }
-
-    /// Features by plugin, as registered.
-    pub fn feature_defs(&self) -> Vec<FeatureDef> {
-        self.features
-            .iter()
-            .flat_map(|f| f.defs.iter().cloned())
-            .collect()
-    }
-
     /// Runs until the source ends (or the stop flag is set), checkpointing
     /// along the way; `progress` is called about twice a second.
     pub fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<RunStats, PipelineError> {

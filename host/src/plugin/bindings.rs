@@ -30,6 +30,5 @@ pub mod late {
     });
 }
 
-pub use parser::exports::tessera::plugin::parser::ParseOutput as _ParseOutputCheck;
 pub use parser::tessera::plugin::host::{Host as HostImports, LogLevel};
 pub use parser::tessera::plugin::types::*;

@@ -38,15 +38,3 @@ pub enum PluginError {
     #[error("is quarantined")]
     Quarantined,
 }
-
-impl PluginError {
-    /// Whether this failure came from loading rather than from one call.
-    pub fn is_load_error(&self) -> bool {
-        matches!(
-            self,
-            PluginError::Read { .. }
-                | PluginError::NotAComponent(_)
-                | PluginError::WrongWorld { .. }
-        )
-    }
-}

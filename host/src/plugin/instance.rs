@@ -264,9 +264,6 @@ macro_rules! plugin_common {
             pub fn health(&self) -> &PluginHealth {
                 &self.sandbox.health
             }
-            pub fn quotas(&self) -> &Quotas {
-                &self.sandbox.quotas
-            }
             pub fn quarantine_policy(&self) -> &QuarantinePolicy {
                 &self.sandbox.quarantine
             }

@@ -8,4 +8,4 @@
 
 mod ndjson;
 
-pub use ndjson::{DeadLetter, DeadLetterSink, NdjsonSink};
+pub use ndjson::{DeadLetter, NdjsonSink};

@@ -17,7 +17,6 @@ use crate::error::SinkError;
 pub struct NdjsonSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
-    written: u64,
     len: u64,
 }
 
@@ -28,7 +27,6 @@ impl NdjsonSink {
         NdjsonSink {
             path: path.to_owned(),
             out: None,
-            written: 0,
             len,
         }
     }
@@ -58,15 +56,6 @@ impl NdjsonSink {
         self.len
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Rows written by this process.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     fn err(&self, e: std::io::Error) -> SinkError {
         SinkError::Write {
             path: self.path.clone(),
@@ -93,7 +82,6 @@ impl NdjsonSink {
             path: self.path.clone(),
             source: e,
         })?;
-        self.written += 1;
         self.len += line.len() as u64;
         Ok(())
     }
@@ -148,9 +136,6 @@ impl DeadLetter {
         }
     }
 }
-
-/// The dead-letter file.
-pub type DeadLetterSink = NdjsonSink;
 
 #[cfg(test)]
 mod tests {

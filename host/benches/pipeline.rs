@@ -152,28 +152,12 @@ fn run_once(
         let t4 = Instant::now();
         split.tiles += t4 - t3;
         if tiler.pending_updates() >= checkpoint {
-            let deltas = tiler.drain();
-            tile_writes += deltas.len() as u64;
-            store
-                .commit(&Checkpoint {
-                    pipeline: "bench".into(),
-                    deltas,
-                    positions: vec![],
-                })
-                .unwrap();
+            tile_writes += commit(&mut tiler, &store);
             split.store += t4.elapsed();
         }
     }
     let t = Instant::now();
-    let deltas = tiler.drain();
-    tile_writes += deltas.len() as u64;
-    store
-        .commit(&Checkpoint {
-            pipeline: "bench".into(),
-            deltas,
-            positions: vec![],
-        })
-        .unwrap();
+    tile_writes += commit(&mut tiler, &store);
     split.store += t.elapsed();
     if matches!(plugins, Plugins::Native { .. })
         && !READS_DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -181,6 +165,20 @@ fn run_once(
         measure_reads(&store, &stored, &ids);
     }
     (split, updates_total, tile_writes)
+}
+
+/// Drains the tiler into one store commit; returns the tiles written.
+fn commit(tiler: &mut Tiler, store: &EmbeddedStore) -> u64 {
+    let deltas = tiler.drain();
+    let written = deltas.len() as u64;
+    store
+        .commit(&Checkpoint {
+            pipeline: "bench".into(),
+            deltas,
+            positions: vec![],
+        })
+        .unwrap();
+    written
 }
 
 static READS_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

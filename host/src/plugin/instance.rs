@@ -121,7 +121,7 @@ impl<T: Template> Sandbox<T> {
     }
 
     /// Makes sure there is a live, initialised instance.
-    fn ensure_live(&mut self) -> Result<(), PluginError> {
+    pub(super) fn ensure_live(&mut self) -> Result<(), PluginError> {
         if self.live.is_some() {
             return Ok(());
         }
@@ -266,10 +266,6 @@ macro_rules! plugin_common {
             }
             pub fn quarantine_policy(&self) -> &QuarantinePolicy {
                 &self.sandbox.quarantine
-            }
-            /// Instantiates and initialises once, so a bad component or config fails at load.
-            pub(super) fn warm_up(&mut self) -> Result<(), PluginError> {
-                self.sandbox.ensure_live()
             }
         }
     };

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config as EngineConfig, Engine};
 
 use super::bindings;
-use super::instance::{FeaturePlugin, LatePlugin, ParserPlugin, Sandbox};
+use super::instance::{FeaturePlugin, LatePlugin, ParserPlugin, Sandbox, Template};
 use super::state::PluginState;
 use super::{PluginError, PluginKind, PluginMeta};
 use crate::config::{PluginConfig, QuarantinePolicy, Quotas, RuntimeConfig};
@@ -155,47 +155,57 @@ impl PluginRuntime {
         Ok((component, meta))
     }
 
-    /// Compiles and type-checks a parser plugin, then instantiates and
-    /// initialises it once, so config errors surface at load time.
+    /// Compiles `src`, type-checks it against `kind`'s world (`linker` plus
+    /// the bindgen `*Pre`), then instantiates and initialises it once, so a
+    /// bad component or config fails at load time.
+    fn load<T: Template>(
+        &self,
+        src: &PluginSource,
+        kind: PluginKind,
+        linker: &Linker<PluginState>,
+        typed: fn(InstancePre<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<Sandbox<T>, PluginError> {
+        let (component, meta) = self.compile(src, kind)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(typed)
+            .map_err(|e| wrong_world(kind, e))?;
+        let mut sandbox = Sandbox::new(self, meta, pre, src);
+        sandbox.ensure_live()?;
+        Ok(sandbox)
+    }
+
+    /// Loads a parser plugin (see [`load`](Self::load)).
     pub fn load_parser(&self, src: &PluginSource) -> Result<ParserPlugin, PluginError> {
-        let (component, meta) = self.compile(src, PluginKind::Parser)?;
-        let pre = self
-            .parser_linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong_world(PluginKind::Parser, e))?;
-        let pre = bindings::parser::ParserPluginPre::new(pre)
-            .map_err(|e| wrong_world(PluginKind::Parser, e))?;
-        let mut plugin = ParserPlugin::new(Sandbox::new(self, meta, pre, src));
-        plugin.warm_up()?;
-        Ok(plugin)
+        let sandbox = self.load(
+            src,
+            PluginKind::Parser,
+            &self.parser_linker,
+            bindings::parser::ParserPluginPre::new,
+        )?;
+        Ok(ParserPlugin::new(sandbox))
     }
 
-    /// Compiles and type-checks a feature plugin and reads its feature specs.
+    /// Loads a feature plugin; its feature specs are read during `init`.
     pub fn load_feature(&self, src: &PluginSource) -> Result<FeaturePlugin, PluginError> {
-        let (component, meta) = self.compile(src, PluginKind::Feature)?;
-        let pre = self
-            .feature_linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong_world(PluginKind::Feature, e))?;
-        let pre = bindings::feature::FeaturePluginPre::new(pre)
-            .map_err(|e| wrong_world(PluginKind::Feature, e))?;
-        let mut plugin = FeaturePlugin::new(Sandbox::new(self, meta, pre, src));
-        plugin.warm_up()?;
-        Ok(plugin)
+        let sandbox = self.load(
+            src,
+            PluginKind::Feature,
+            &self.feature_linker,
+            bindings::feature::FeaturePluginPre::new,
+        )?;
+        Ok(FeaturePlugin::new(sandbox))
     }
 
-    /// Compiles and type-checks a late-data handler.
+    /// Loads a late-data handler.
     pub fn load_late(&self, src: &PluginSource) -> Result<LatePlugin, PluginError> {
-        let (component, meta) = self.compile(src, PluginKind::Late)?;
-        let pre = self
-            .late_linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong_world(PluginKind::Late, e))?;
-        let pre = bindings::late::LatePluginPre::new(pre)
-            .map_err(|e| wrong_world(PluginKind::Late, e))?;
-        let mut plugin = LatePlugin::new(Sandbox::new(self, meta, pre, src));
-        plugin.warm_up()?;
-        Ok(plugin)
+        let sandbox = self.load(
+            src,
+            PluginKind::Late,
+            &self.late_linker,
+            bindings::late::LatePluginPre::new,
+        )?;
+        Ok(LatePlugin::new(sandbox))
     }
 }
 

@@ -64,6 +64,32 @@ fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
+/// 2,000 window reads (one entity's 30 minute tiles, Zipf entities), timed.
+fn window_reads(mut read: impl FnMut(&[u8], &[u8]) -> usize) -> Vec<Duration> {
+    let mut rng = Rng(99);
+    (0..2000)
+        .map(|_| {
+            let e = rng.zipf(1000);
+            let lo = key(1, e, 60_000, 0);
+            let hi = key(1, e, 60_000, 30 * 60_000);
+            let t = Instant::now();
+            std::hint::black_box(read(&lo, &hi));
+            t.elapsed()
+        })
+        .collect()
+}
+
+/// One table row: checkpoint cost per tile (median, last) and read p50/p99.
+fn report(store: &str, per_tile: &[Duration], reads: Vec<Duration>) {
+    println!(
+        "| {store} | {:.2} | {:.2} | {:?} | {:?} |",
+        pct(per_tile.to_vec(), 0.5).as_nanos() as f64 / 1000.0,
+        per_tile.last().unwrap().as_nanos() as f64 / 1000.0,
+        pct(reads.clone(), 0.5),
+        pct(reads, 0.99)
+    );
+}
+
 fn main() {
     let n: usize = std::env::var("TILES")
         .ok()
@@ -97,27 +123,12 @@ fn main() {
             tx.commit().unwrap();
             per_tile.push(t.elapsed() / keys.len() as u32);
         }
-        let mut rng = Rng(99);
-        let reads: Vec<Duration> = (0..2000)
-            .map(|_| {
-                let e = rng.zipf(1000);
-                let lo = key(1, e, 60_000, 0);
-                let hi = key(1, e, 60_000, 30 * 60_000);
-                let t = Instant::now();
-                let tx = db.begin_read().unwrap();
-                let table = tx.open_table(T).unwrap();
-                let count = table.range(lo.as_slice()..hi.as_slice()).unwrap().count();
-                std::hint::black_box(count);
-                t.elapsed()
-            })
-            .collect();
-        println!(
-            "| redb 2.6 | {:.2} | {:.2} | {:?} | {:?} |",
-            pct(per_tile.clone(), 0.5).as_nanos() as f64 / 1000.0,
-            per_tile.last().unwrap().as_nanos() as f64 / 1000.0,
-            pct(reads.clone(), 0.5),
-            pct(reads, 0.99)
-        );
+        let reads = window_reads(|lo, hi| {
+            let tx = db.begin_read().unwrap();
+            let table = tx.open_table(T).unwrap();
+            table.range(lo..hi).unwrap().count()
+        });
+        report("redb 2.6", &per_tile, reads);
     }
 
     // fjall
@@ -140,24 +151,7 @@ fn main() {
             keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
             per_tile.push(t.elapsed() / keys.len() as u32);
         }
-        let mut rng = Rng(99);
-        let reads: Vec<Duration> = (0..2000)
-            .map(|_| {
-                let e = rng.zipf(1000);
-                let lo = key(1, e, 60_000, 0);
-                let hi = key(1, e, 60_000, 30 * 60_000);
-                let t = Instant::now();
-                let count = part.range(lo..hi).count();
-                std::hint::black_box(count);
-                t.elapsed()
-            })
-            .collect();
-        println!(
-            "| fjall 2.11 | {:.2} | {:.2} | {:?} | {:?} |",
-            pct(per_tile.clone(), 0.5).as_nanos() as f64 / 1000.0,
-            per_tile.last().unwrap().as_nanos() as f64 / 1000.0,
-            pct(reads.clone(), 0.5),
-            pct(reads, 0.99)
-        );
+        let reads = window_reads(|lo, hi| part.range(lo..hi).count());
+        report("fjall 2.11", &per_tile, reads);
     }
 }

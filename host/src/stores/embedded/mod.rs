@@ -19,12 +19,13 @@
 //! - `tile_blocks`: run id u64 BE | first key of the block → block
 //! - `features`: name → JSON [`StoredFeature`]
 //! - `positions`: `pipeline/source-key` → opaque source position
+//! - `meta`: `format` → the block format version (`runs::FORMAT_VERSION`)
 
 mod runs;
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Checkpoint, StoreError, StoredFeature, TileStore};
 use crate::window::TileAgg;
@@ -33,6 +34,7 @@ const RUNS: TableDefinition<u64, u64> = TableDefinition::new("tile_runs");
 const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tile_blocks");
 const FEATURES: TableDefinition<&str, &str> = TableDefinition::new("features");
 const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct EmbeddedStore {
     db: Database,
@@ -81,6 +83,24 @@ impl EmbeddedStore {
         tx.open_table(BLOCKS).map_err(store_err)?;
         tx.open_table(FEATURES).map_err(store_err)?;
         tx.open_table(POSITIONS).map_err(store_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(store_err)?;
+            let format = meta.get("format").map_err(store_err)?.map(|v| v.value());
+            let has_runs = !tx.open_table(RUNS).map_err(store_err)?.is_empty().map_err(store_err)?;
+            match format {
+                Some(runs::FORMAT_VERSION) => {}
+                None if !has_runs => {
+                    meta.insert("format", runs::FORMAT_VERSION).map_err(store_err)?;
+                }
+                other => {
+                    return Err(open_err(format!(
+                        "it holds tiles in block format {}, this build reads format {} (rebuild it from the sources, or use the build that wrote it)",
+                        other.map_or("1".to_string(), |v| v.to_string()),
+                        runs::FORMAT_VERSION
+                    )))
+                }
+            }
+        }
         tx.commit().map_err(store_err)?;
         Ok(EmbeddedStore { db })
     }
@@ -122,10 +142,14 @@ fn read_run(blocks: &redb::Table<&[u8], &[u8]>, id: u64) -> Result<runs::RunCurs
     {
         out.push(r.map_err(store_err)?.1.value().to_vec());
     }
-    runs::RunCursor::new(out).ok_or_else(|| StoreError::Corrupt {
+    runs::RunCursor::new(out).map_err(|_| corrupt_run(id))
+}
+
+fn corrupt_run(id: u64) -> StoreError {
+    StoreError::Corrupt {
         what: "tile block",
         message: format!("run {id}"),
-    })
+    }
 }
 
 impl TileStore for EmbeddedStore {
@@ -253,7 +277,7 @@ impl TileStore for EmbeddedStore {
                     run_table.remove(*id).map_err(store_err)?;
                 }
                 let mut merged = runs::BlockWriter::new();
-                runs::merge_cursors(cursors, &mut merged);
+                runs::merge_cursors(cursors, &mut merged).map_err(|_| corrupt_run(merging[0].0))?;
                 let (merged_blocks, merged_entries) = merged.finish();
                 // The merged run takes the oldest id, so it still reads before anything newer.
                 let id = merging[0].0;
@@ -320,12 +344,13 @@ impl TileStore for EmbeddedStore {
                 if !k.starts_with(&rid) || &k[8..] >= hi.as_slice() {
                     break;
                 }
-                let block = runs::decode_block(v.value()).ok_or_else(|| StoreError::Corrupt {
-                    what: "tile block",
-                    message: format!("run {}", id.value()),
-                })?;
-                for (key, agg) in block {
-                    if key >= lo.as_slice() && key < hi.as_slice() {
+                let mut block = runs::BlockReader::new(v.value());
+                while let Some(entry) = block.next() {
+                    let (key, agg) = entry.map_err(|_| corrupt_run(id.value()))?;
+                    if key >= hi.as_slice() {
+                        break;
+                    }
+                    if key >= lo.as_slice() {
                         tiles
                             .entry(decode_start(key))
                             .or_insert(TileAgg::EMPTY)
@@ -442,6 +467,32 @@ mod tests {
         let _first = EmbeddedStore::open(&path).unwrap();
         let err = EmbeddedStore::open(&path).err().unwrap().to_string();
         assert!(err.contains("another process has it open"), "{err}");
+    }
+
+    #[test]
+    fn tiles_of_another_block_format_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        store
+            .commit(&Checkpoint {
+                pipeline: "p".into(),
+                deltas: vec![TileDelta {
+                    feature_id: 0,
+                    entity: b"e".to_vec().into(),
+                    size_ms: 60_000,
+                    start: 0,
+                    agg: TileAgg::of(1.0, 0),
+                }],
+                positions: vec![],
+            })
+            .unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert("format", 1).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let err = EmbeddedStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("block format 1"), "{err}");
     }
 
     /// Many checkpoints (enough to trigger run merges) read back like a brute-force sum.

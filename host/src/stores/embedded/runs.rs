@@ -2,18 +2,32 @@
 //! a B-tree update per tile.
 //!
 //! A checkpoint's deltas, sorted by key, become one immutable *run*: a list
-//! of blocks (~16 KiB of `[key length u16][key][48-byte TileAgg]` entries),
-//! each stored under `run id | first key of the block`. Writing a run costs a
-//! copy per tile and one B-tree insert per block. A read looks the key range
-//! up in every live run (newest last, so `last` ties resolve to the newest)
-//! and merges. Runs are merged in the same transaction when the newest ones
-//! have grown comparable in size to the one before them (as RocksDB's
-//! universal compaction does), which keeps the number of runs logarithmic in
-//! the data and collapses a tile written by several checkpoints into one entry.
+//! of blocks (~16 KiB each), each stored under `run id | first key of the
+//! block`. Writing a run costs an encode per tile and one B-tree insert per
+//! block. A read looks the key range up in every live run (newest last, so
+//! `last` ties resolve to the newest) and merges. Runs are merged in the same
+//! transaction when the newest ones have grown comparable in size to the one
+//! before them (as RocksDB's universal compaction does), which keeps the
+//! number of runs logarithmic in the data and collapses a tile written by
+//! several checkpoints into one entry.
+//!
+//! Block format ([`FORMAT_VERSION`]): a sequence of entries, each
+//! `shared varint | unshared varint | unshared key bytes | tile`, where the
+//! key is prefix-compressed against the previous key of the block (as
+//! LevelDB's blocks are; the first entry shares nothing) and the tile is
+//! `flags u8 | count varint | [sum f64] | values | last_time zigzag varint`
+//! with `last_time` relative to the tile start (the key's last 8 bytes).
+//! `values` is one f64 when min = max = last (`UNIFORM`), none when that
+//! value is 1.0 (`ONE`), else min, max and last; `sum` is left out when it
+//! equals count × value (`SUM_IMPLIED`). A counter tile takes ~10 bytes
+//! against 84 written plainly; the pipeline bench measures the difference.
 //!
 //! Limit: a merge holds the runs being merged in memory.
 
 use crate::window::TileAgg;
+
+/// Version of the block format above; the store refuses files of another.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Target size of one block.
 pub const BLOCK_BYTES: usize = 16 * 1024;
@@ -29,6 +43,127 @@ pub type Entry = (Vec<u8>, TileAgg);
 /// Encoded blocks of a run: (first key, block bytes).
 pub type Blocks = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A block that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedBlock;
+
+const UNIFORM: u8 = 1;
+const SUM_IMPLIED: u8 = 2;
+const ONE: u8 = 4;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn get_varint(b: &[u8], i: &mut usize) -> Result<u64, MalformedBlock> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i).ok_or(MalformedBlock)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err(MalformedBlock)
+}
+
+fn get_f64(b: &[u8], i: &mut usize) -> Result<f64, MalformedBlock> {
+    let bytes = b.get(*i..*i + 8).ok_or(MalformedBlock)?;
+    *i += 8;
+    Ok(f64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+/// The tile start a key ends with (see the key layout in `mod.rs`).
+fn key_start(key: &[u8]) -> Result<i64, MalformedBlock> {
+    let tail = key.len().checked_sub(8).ok_or(MalformedBlock)?;
+    let b: [u8; 8] = key[tail..].try_into().expect("8 bytes");
+    Ok((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+fn encode_tile(base: i64, agg: &TileAgg, out: &mut Vec<u8>) {
+    let v = agg.last;
+    let uniform = agg.min.to_bits() == v.to_bits() && agg.max.to_bits() == v.to_bits();
+    let mut flags = 0;
+    if uniform {
+        flags |= UNIFORM;
+        if (agg.count as f64 * v).to_bits() == agg.sum.to_bits() {
+            flags |= SUM_IMPLIED;
+        }
+        if v.to_bits() == 1f64.to_bits() {
+            flags |= ONE;
+        }
+    }
+    out.push(flags);
+    put_varint(out, agg.count);
+    if flags & SUM_IMPLIED == 0 {
+        out.extend_from_slice(&agg.sum.to_le_bytes());
+    }
+    if !uniform {
+        out.extend_from_slice(&agg.min.to_le_bytes());
+        out.extend_from_slice(&agg.max.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    } else if flags & ONE == 0 {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let delta = agg.last_time.wrapping_sub(base);
+    put_varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
+}
+
+fn decode_tile(base: i64, b: &[u8], i: &mut usize) -> Result<TileAgg, MalformedBlock> {
+    let flags = *b.get(*i).ok_or(MalformedBlock)?;
+    *i += 1;
+    if flags & !(UNIFORM | SUM_IMPLIED | ONE) != 0 || (flags & UNIFORM == 0 && flags != 0) {
+        return Err(MalformedBlock);
+    }
+    let count = get_varint(b, i)?;
+    let sum = if flags & SUM_IMPLIED == 0 {
+        Some(get_f64(b, i)?)
+    } else {
+        None
+    };
+    let (min, max, last) = if flags & UNIFORM == 0 {
+        (get_f64(b, i)?, get_f64(b, i)?, get_f64(b, i)?)
+    } else {
+        let v = if flags & ONE != 0 { 1.0 } else { get_f64(b, i)? };
+        (v, v, v)
+    };
+    let z = get_varint(b, i)?;
+    let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+    Ok(TileAgg {
+        count,
+        sum: sum.unwrap_or(count as f64 * last),
+        min,
+        max,
+        last_time: base.wrapping_add(delta),
+        last,
+    })
+}
+
+/// Length of the common prefix of two keys.
+#[inline]
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_ne_bytes(a[i..i + 8].try_into().expect("8"));
+        let y = u64::from_ne_bytes(b[i..i + 8].try_into().expect("8"));
+        if x != y {
+            break;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
 /// Encodes a sorted stream of entries into blocks, merging equal
 /// consecutive keys (in arrival order), without an allocation per entry.
 #[derive(Default)]
@@ -36,6 +171,8 @@ pub struct BlockWriter {
     blocks: Blocks,
     block: Vec<u8>,
     first: Vec<u8>,
+    /// The last key written into `block` (prefix compression base).
+    written_key: Vec<u8>,
     pending_key: Vec<u8>,
     pending: Option<TileAgg>,
     entries: u64,
@@ -46,9 +183,13 @@ impl BlockWriter {
         Self::default()
     }
 
-    /// Adds an entry; keys must come in ascending order (equal keys merge).
-    /// Returns false, adding nothing, when `key` is smaller than the last one.
+    /// Adds an entry; keys must come in ascending order (equal keys merge)
+    /// and end with an encoded tile start. Returns false, adding nothing,
+    /// when `key` is smaller than the last one or too short.
     pub fn push(&mut self, key: &[u8], agg: &TileAgg) -> bool {
+        if key.len() < 8 {
+            return false;
+        }
         if let Some(p) = self.pending.as_mut() {
             match key.cmp(self.pending_key.as_slice()) {
                 std::cmp::Ordering::Equal => {
@@ -73,14 +214,19 @@ impl BlockWriter {
             let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 256));
             self.blocks.push((std::mem::take(&mut self.first), block));
         }
-        if self.block.is_empty() {
+        let shared = if self.block.is_empty() {
             self.first.clear();
             self.first.extend_from_slice(&self.pending_key);
-        }
-        self.block
-            .extend_from_slice(&(self.pending_key.len() as u16).to_le_bytes());
-        self.block.extend_from_slice(&self.pending_key);
-        self.block.extend_from_slice(&agg.encode());
+            0
+        } else {
+            shared_prefix(&self.written_key, &self.pending_key)
+        };
+        put_varint(&mut self.block, shared as u64);
+        put_varint(&mut self.block, (self.pending_key.len() - shared) as u64);
+        self.block.extend_from_slice(&self.pending_key[shared..]);
+        let base = key_start(&self.pending_key).expect("push checks the key length");
+        encode_tile(base, &agg, &mut self.block);
+        std::mem::swap(&mut self.written_key, &mut self.pending_key);
         self.entries += 1;
     }
 
@@ -94,53 +240,117 @@ impl BlockWriter {
     }
 }
 
+/// Reads one block's entries in order.
+pub struct BlockReader<'a> {
+    block: &'a [u8],
+    offset: usize,
+    key: Vec<u8>,
+}
+
+impl<'a> BlockReader<'a> {
+    pub fn new(block: &'a [u8]) -> Self {
+        BlockReader {
+            block,
+            offset: 0,
+            key: Vec::with_capacity(64),
+        }
+    }
+
+    /// The next entry, `None` at the end, an error when the block is malformed.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<(&[u8], TileAgg), MalformedBlock>> {
+        if self.offset >= self.block.len() {
+            return None;
+        }
+        Some(self.decode_next().map(|agg| (self.key.as_slice(), agg)))
+    }
+
+    fn decode_next(&mut self) -> Result<TileAgg, MalformedBlock> {
+        decode_entry(self.block, &mut self.offset, &mut self.key)
+    }
+}
+
+/// Decodes the entry at `*i` of `block`: rebuilds its key in `key` (which
+/// holds the previous key of the block) and returns its tile.
+fn decode_entry(block: &[u8], i: &mut usize, key: &mut Vec<u8>) -> Result<TileAgg, MalformedBlock> {
+    let shared = get_varint(block, i)? as usize;
+    let unshared = get_varint(block, i)? as usize;
+    if shared > key.len() {
+        return Err(MalformedBlock);
+    }
+    let tail = block.get(*i..i.saturating_add(unshared)).ok_or(MalformedBlock)?;
+    *i += unshared;
+    key.truncate(shared);
+    key.extend_from_slice(tail);
+    decode_tile(key_start(key)?, block, i)
+}
+
+/// Decodes a whole block (tests and tools; reads use [`BlockReader`]).
+pub fn decode_block(block: &[u8]) -> Result<Vec<Entry>, MalformedBlock> {
+    let mut r = BlockReader::new(block);
+    let mut out = Vec::new();
+    while let Some(e) = r.next() {
+        let (k, a) = e?;
+        out.push((k.to_vec(), a));
+    }
+    Ok(out)
+}
+
 /// Walks the entries of one run's blocks in order.
 pub struct RunCursor {
     blocks: Vec<Vec<u8>>,
     block: usize,
     offset: usize,
+    key: Vec<u8>,
+    current: Option<TileAgg>,
 }
 
 impl RunCursor {
-    /// Fails when a block is malformed.
-    pub fn new(blocks: Vec<Vec<u8>>) -> Option<Self> {
-        if blocks.iter().any(|b| decode_block(b).is_none()) {
-            return None;
-        }
-        Some(RunCursor {
+    /// A cursor on the first entry; fails when that entry is malformed.
+    pub fn new(blocks: Vec<Vec<u8>>) -> Result<Self, MalformedBlock> {
+        let mut c = RunCursor {
             blocks,
             block: 0,
             offset: 0,
-        })
-    }
-
-    /// The current entry (blocks were checked in `new`).
-    pub fn peek(&self) -> Option<(&[u8], TileAgg)> {
-        let b = self.blocks.get(self.block)?;
-        let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
-        let key = &b[self.offset + 2..self.offset + 2 + len];
-        let agg = TileAgg::decode(
-            &b[self.offset + 2 + len..self.offset + 2 + len + TileAgg::ENCODED_LEN],
-        )?;
-        Some((key, agg))
-    }
-
-    pub fn advance(&mut self) {
-        let Some(b) = self.blocks.get(self.block) else {
-            return;
+            key: Vec::with_capacity(64),
+            current: None,
         };
-        let len = u16::from_le_bytes([b[self.offset], b[self.offset + 1]]) as usize;
-        self.offset += 2 + len + TileAgg::ENCODED_LEN;
-        if self.offset >= b.len() {
+        c.load()?;
+        Ok(c)
+    }
+
+    /// Decodes the entry at (block, offset) into `key` and `current`.
+    fn load(&mut self) -> Result<(), MalformedBlock> {
+        while self.blocks.get(self.block).is_some_and(|b| self.offset >= b.len()) {
             self.block += 1;
             self.offset = 0;
+            self.key.clear();
         }
+        let Some(b) = self.blocks.get(self.block) else {
+            self.current = None;
+            return Ok(());
+        };
+        self.current = Some(decode_entry(b, &mut self.offset, &mut self.key)?);
+        Ok(())
+    }
+
+    /// The current entry.
+    pub fn peek(&self) -> Option<(&[u8], TileAgg)> {
+        self.current.map(|a| (self.key.as_slice(), a))
+    }
+
+    /// Moves to the next entry; fails when it is malformed.
+    pub fn advance(&mut self) -> Result<(), MalformedBlock> {
+        if self.current.is_none() {
+            return Ok(());
+        }
+        self.load()
     }
 }
 
 /// Merges runs given oldest first into `out`; on equal keys the older run's
 /// entry goes first, so a newer `last` wins a tie.
-pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) {
+pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) -> Result<(), MalformedBlock> {
     loop {
         let mut best: Option<usize> = None;
         for i in 0..runs.len() {
@@ -150,53 +360,22 @@ pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) {
                 }
             }
         }
-        let Some(i) = best else { break };
+        let Some(i) = best else { return Ok(()) };
         let (key, agg) = runs[i].peek().expect("peeked");
         let pushed = out.push(key, &agg);
         debug_assert!(pushed, "runs are sorted");
-        runs[i].advance();
+        runs[i].advance()?;
     }
 }
 
-/// Splits sorted entries into encoded blocks, each with its first key (the
-/// simple reference the tests check [`BlockWriter`] against).
+/// Encodes sorted entries into blocks (tests).
 #[cfg(test)]
 pub fn encode_blocks(entries: &[Entry]) -> Blocks {
-    let mut blocks = Vec::new();
-    let mut block = Vec::with_capacity(BLOCK_BYTES + 256);
-    let mut first: Option<&[u8]> = None;
-    for (key, agg) in entries {
-        if block.len() >= BLOCK_BYTES {
-            blocks.push((
-                first.take().unwrap_or_default().to_vec(),
-                std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES + 256)),
-            ));
-        }
-        if first.is_none() {
-            first = Some(key);
-        }
-        block.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        block.extend_from_slice(key);
-        block.extend_from_slice(&agg.encode());
+    let mut w = BlockWriter::new();
+    for (k, a) in entries {
+        assert!(w.push(k, a), "sorted tile keys");
     }
-    if !block.is_empty() {
-        blocks.push((first.unwrap_or_default().to_vec(), block));
-    }
-    blocks
-}
-
-/// Decodes a block's entries; `None` when it is malformed.
-pub fn decode_block(block: &[u8]) -> Option<Vec<(&[u8], TileAgg)>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < block.len() {
-        let len = u16::from_le_bytes(block.get(i..i + 2)?.try_into().ok()?) as usize;
-        let key = block.get(i + 2..i + 2 + len)?;
-        let agg = TileAgg::decode(block.get(i + 2 + len..i + 2 + len + TileAgg::ENCODED_LEN)?)?;
-        out.push((key, agg));
-        i += 2 + len + TileAgg::ENCODED_LEN;
-    }
-    Some(out)
+    w.finish().0
 }
 
 /// Merges sorted runs, given oldest first, into one sorted run in one pass;
@@ -280,31 +459,102 @@ mod tests {
         }
     }
 
+    /// A key as the store builds them: some prefix, then an encoded tile start.
+    pub(super) fn key(prefix: &str, start: i64) -> Vec<u8> {
+        let mut k = prefix.as_bytes().to_vec();
+        k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+        k
+    }
+
     #[test]
     fn blocks_round_trip_and_split() {
-        let entries: Vec<Entry> = (0..2000u32)
-            .map(|i| (format!("key-{i:06}").into_bytes(), agg(i as u64, 0)))
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Every flag combination of the tile encoding, and keys sharing
+        // prefixes of every length.
+        let specials = [1.0, 0.0, -0.0, 2.5, f64::NAN, f64::INFINITY, 1e300, -7.0];
+        let entries: Vec<Entry> = (0..5000u32)
+            .map(|i| {
+                let start = (i as i64 / 3) * 60_000 - 1_000_000;
+                let v = specials[(rnd() % 8) as usize];
+                let n = 1 + rnd() % 1000;
+                let a = match rnd() % 4 {
+                    0 => TileAgg {
+                        count: n,
+                        sum: n as f64 * v,
+                        min: v,
+                        max: v,
+                        last_time: start + (rnd() % 60_000) as i64,
+                        last: v,
+                    },
+                    1 => TileAgg {
+                        sum: v + 0.25,
+                        ..TileAgg::of(v, start - 5)
+                    },
+                    2 => TileAgg {
+                        last_time: i64::MIN,
+                        ..agg(n, 0)
+                    },
+                    _ => TileAgg {
+                        count: u64::MAX,
+                        last_time: i64::MAX,
+                        ..agg(n, 0)
+                    },
+                };
+                (key(&format!("key-{:03}-", i % 7 * 100 + i / 1000), start), a)
+            })
             .collect();
+        let mut entries = sort_entries(entries);
+        entries.dedup_by(|a, b| a.0 == b.0);
         let blocks = encode_blocks(&entries);
         assert!(blocks.len() > 4);
         let mut back = Vec::new();
         for (first, b) in &blocks {
             let d = decode_block(b).unwrap();
             assert_eq!(d[0].0, first.as_slice());
-            back.extend(d.into_iter().map(|(k, a)| (k.to_vec(), a)));
+            back.extend(d);
         }
-        assert_eq!(back, entries);
-        assert!(decode_block(&[5, 0, 1]).is_none());
+        assert_eq!(back.len(), entries.len());
+        for (got, want) in back.iter().zip(&entries) {
+            assert_eq!(got.0, want.0);
+            let (g, w) = (got.1.encode(), want.1.encode());
+            assert_eq!(g, w, "bit-exact round trip of {:?}", want.1);
+        }
+        // Counter tiles of neighbouring keys take a few bytes each.
+        let counters: Vec<Entry> = (0..1000)
+            .map(|i| {
+                let start = i * 60_000;
+                let mut a = TileAgg::of(1.0, start + 59_999);
+                for _ in 0..i % 200 {
+                    a.add(1.0, start);
+                }
+                (key("\0\0\0\x01\0\0\0\x0auser-12345", start), a)
+            })
+            .collect();
+        let packed: usize = encode_blocks(&counters).iter().map(|(_, b)| b.len()).sum();
+        assert!(packed <= 12 * counters.len(), "{packed} bytes for 1000 counter tiles");
+        // Malformed input is an error, never a panic.
+        assert!(decode_block(&[5, 0, 1]).is_err());
+        for (_, b) in blocks.iter().take(2) {
+            for cut in [1, 7, b.len() / 2, b.len() - 1] {
+                assert!(decode_block(&b[..cut]).is_err(), "cut at {cut}");
+            }
+        }
     }
 
     #[test]
     fn merges_keep_order_and_newest_last() {
-        let a = vec![(b"a".to_vec(), agg(1, 5)), (b"c".to_vec(), agg(1, 5))];
-        let b = vec![(b"b".to_vec(), agg(2, 1)), (b"c".to_vec(), agg(2, 5))];
+        let a = vec![(key("a", 0), agg(1, 5)), (key("c", 0), agg(1, 5))];
+        let b = vec![(key("b", 0), agg(2, 1)), (key("c", 0), agg(2, 5))];
         let m = merge_runs(vec![a, b]);
         assert_eq!(
             m.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
-            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+            vec![key("a", 0), key("b", 0), key("c", 0)]
         );
         assert_eq!(m[2].1.count, 3);
         assert_eq!(m[2].1.last, 2.0, "the newer run wins a tie on event time");
@@ -346,7 +596,7 @@ mod writer_tests {
                     x ^= x >> 7;
                     x ^= x << 17;
                     (
-                        format!("k{:05}", x % 3000).into_bytes(),
+                        tests::key(&format!("k{:05}", x % 3000), (x % 5) as i64),
                         TileAgg::of(i as f64, (x % 7) as i64),
                     )
                 })
@@ -363,24 +613,20 @@ mod writer_tests {
             })
             .collect();
         let mut w = BlockWriter::new();
-        merge_cursors(cursors, &mut w);
+        merge_cursors(cursors, &mut w).unwrap();
         let (blocks, n) = w.finish();
         let got: Vec<Entry> = blocks
             .iter()
-            .flat_map(|(_, b)| {
-                decode_block(b)
-                    .unwrap()
-                    .into_iter()
-                    .map(|(k, a)| (k.to_vec(), a))
-            })
+            .flat_map(|(_, b)| decode_block(b).unwrap())
             .collect();
         assert_eq!(n as usize, got.len());
         assert_eq!(got, want);
         let mut w = BlockWriter::new();
-        assert!(w.push(b"b", &TileAgg::of(1.0, 1)));
+        assert!(w.push(&tests::key("b", 0), &TileAgg::of(1.0, 1)));
         assert!(
-            !w.push(b"a", &TileAgg::of(1.0, 1)),
+            !w.push(&tests::key("a", 0), &TileAgg::of(1.0, 1)),
             "out of order is refused"
         );
+        assert!(!w.push(b"short", &TileAgg::of(1.0, 1)), "a key needs a tile start");
     }
 }

@@ -15,7 +15,7 @@ mod feature;
 pub use embedded::EmbeddedStore;
 pub use feature::StoredFeature;
 
-use crate::window::{TileAgg, TileDelta};
+use crate::window::{TileAgg, TileDeltas};
 
 /// Why the store failed. Always external: the operation may be retried.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum StoreError {
     Embedded(Box<redb::Error>),
     #[error("store holds a malformed {what}: {message}")]
     Corrupt { what: &'static str, message: String },
+    #[error("invalid checkpoint (nothing was written): {0}")]
+    InvalidCheckpoint(String),
     #[error("feature `{name}` is already registered with a different definition: stored {stored}, new {new}")]
     FeatureConflict {
         name: String,
@@ -44,7 +46,7 @@ impl From<redb::Error> for StoreError {
 #[derive(Debug, Default)]
 pub struct Checkpoint {
     pub pipeline: String,
-    pub deltas: Vec<TileDelta>,
+    pub deltas: TileDeltas,
     /// Opaque source positions by source key (e.g. a file path).
     pub positions: Vec<(String, Vec<u8>)>,
 }

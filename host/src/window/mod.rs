@@ -14,7 +14,7 @@ mod watermark;
 
 pub use agg::TileAgg;
 pub use cover::{cover, Cover, TileRange};
-pub use tiler::{FeatureDef, TileDelta, Tiler, UpdateRejection};
+pub use tiler::{FeatureDef, TileDelta, TileDeltas, Tiler, UpdateRejection};
 pub use watermark::Watermarks;
 
 /// Start of the tile of `size_ms` that contains `t_ms` (floor, also for negative times).

@@ -1,9 +1,11 @@
 //! Folds feature updates into per-tile deltas between checkpoints.
 //!
 //! State is keyed by small integers (feature id, interned entity id, tile
-//! size, tile start) so the per-update cost is one hash probe per tile size;
-//! the entity interner is reset at every drain, so memory is bounded by what
-//! one checkpoint interval touches.
+//! size, tile start): each (feature, entity) has its open tiles in a flat
+//! arena found through a dense index, tiles it closes are appended to a
+//! list, and a drain sorts once into the store's key order. The entity
+//! interner is reset at every drain, so memory is bounded by what one
+//! checkpoint interval touches.
 
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
@@ -22,14 +24,130 @@ pub struct FeatureDef {
 }
 
 /// One tile's change since the last checkpoint.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TileDelta {
     pub feature_id: u32,
-    /// Shared by every delta of the same entity in one drain.
-    pub entity: std::sync::Arc<[u8]>,
+    /// Index into [`TileDeltas::entities`].
+    pub entity: u32,
     pub size_ms: i64,
     pub start: i64,
     pub agg: TileAgg,
+}
+
+impl TileDelta {
+    /// The store's key order, given entities numbered in (length, bytes) order.
+    fn key(&self) -> (u32, u32, i64, i64) {
+        (self.feature_id, self.entity, self.size_ms, self.start)
+    }
+}
+
+/// One checkpoint's tile changes: at most one delta per tile, in store key
+/// order (feature id, entity by length then bytes, tile size, tile start).
+/// Entities are stored once and referred to by index, so a drain costs no
+/// allocation or reference count per tile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TileDeltas {
+    /// Entity keys, ascending by (length, bytes).
+    pub entities: Vec<std::sync::Arc<[u8]>>,
+    pub tiles: Vec<TileDelta>,
+}
+
+impl TileDeltas {
+    pub fn len(&self) -> usize {
+        self.tiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty()
+    }
+
+    /// The entity key of a delta.
+    pub fn entity(&self, d: &TileDelta) -> &[u8] {
+        &self.entities[d.entity as usize]
+    }
+
+    /// Deltas given in any order as (feature id, entity, size, start, agg);
+    /// equal keys merge in the order given.
+    pub fn from_unsorted(deltas: Vec<(u32, Vec<u8>, i64, i64, TileAgg)>) -> Self {
+        let mut ids: HashMap<Vec<u8>, u32, FixedState> = HashMap::default();
+        let mut entities: Vec<std::sync::Arc<[u8]>> = Vec::new();
+        let mut tiles: Vec<TileDelta> = Vec::with_capacity(deltas.len());
+        for (feature_id, entity, size_ms, start, agg) in deltas {
+            let next = ids.len() as u32;
+            let id = *ids.entry(entity.clone()).or_insert_with(|| {
+                entities.push(entity.into());
+                next
+            });
+            tiles.push(TileDelta {
+                feature_id,
+                entity: id,
+                size_ms,
+                start,
+                agg,
+            });
+        }
+        let (entities, rank) = rank_entities(entities);
+        for t in &mut tiles {
+            t.entity = rank[t.entity as usize];
+        }
+        tiles.sort_by_key(TileDelta::key);
+        TileDeltas {
+            entities,
+            tiles: fold_equal_keys(tiles),
+        }
+    }
+}
+
+/// Sorts entities by (length, bytes); returns them and each old index's rank.
+fn rank_entities(entities: Vec<std::sync::Arc<[u8]>>) -> (Vec<std::sync::Arc<[u8]>>, Vec<u32>) {
+    // Compare a packed (length, first 15 bytes) integer first: most keys
+    // differ there, and the sort touches no heap memory until they tie.
+    let packed = |e: &[u8]| -> u128 {
+        let mut b = [0u8; 16];
+        b[0] = e.len().min(255) as u8;
+        let n = e.len().min(15);
+        b[1..1 + n].copy_from_slice(&e[..n]);
+        u128::from_be_bytes(b)
+    };
+    let mut order: Vec<(u128, u32)> = entities
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (packed(e), i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            let (x, y) = (&entities[a.1 as usize], &entities[b.1 as usize]);
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        })
+    });
+    let mut rank = vec![0u32; entities.len()];
+    for (r, (_, e)) in order.iter().enumerate() {
+        rank[*e as usize] = r as u32;
+    }
+    let mut slots: Vec<Option<std::sync::Arc<[u8]>>> = entities.into_iter().map(Some).collect();
+    let sorted = order
+        .iter()
+        .map(|(_, e)| slots[*e as usize].take().expect("each entity once"))
+        .collect();
+    (sorted, rank)
+}
+
+/// Merges runs of equal keys (in order) in sorted deltas.
+fn fold_equal_keys(tiles: Vec<TileDelta>) -> Vec<TileDelta> {
+    let mut out: Vec<TileDelta> = Vec::with_capacity(tiles.len());
+    for t in tiles {
+        push_merging(&mut out, t);
+    }
+    out
+}
+
+/// Appends `t` to sorted deltas, merging it into the last one on an equal key.
+#[inline]
+fn push_merging(tiles: &mut Vec<TileDelta>, t: TileDelta) {
+    match tiles.last_mut() {
+        Some(last) if last.key() == t.key() => last.agg.merge(&t.agg),
+        _ => tiles.push(t),
+    }
 }
 
 /// An update the tiler could not apply (its event lacks the entity field).
@@ -49,8 +167,9 @@ struct Slot {
 /// Tile state between checkpoints. Each (feature, entity) has one open tile
 /// per tile size in a flat arena; an update for the open tile is a plain add
 /// (events mostly arrive in time order), an update for a later tile closes
-/// the open one into `spill`, an update for an earlier tile goes to `spill`
-/// directly. A tile key is in exactly one of the two places.
+/// the open one onto `spill`, an update for an earlier tile is appended to
+/// `spill` as a tile of its own. `spill` may hold a key several times (the
+/// drain merges them in arrival order) but never an open tile's key.
 #[derive(Default)]
 pub struct Tiler {
     interner: HashMap<std::sync::Arc<[u8]>, u32, FixedState>,
@@ -61,7 +180,7 @@ pub struct Tiler {
     slot_of: HashMap<u32, Vec<u32>, FixedState>,
     slots: Vec<Slot>,
     open: Vec<(i64, TileAgg)>,
-    spill: HashMap<(u32, u32, i64, i64), TileAgg, FixedState>,
+    spill: Vec<TileDelta>,
     feature_sizes: HashMap<u32, Vec<i64>, FixedState>,
     updates: u64,
 }
@@ -175,17 +294,23 @@ impl Tiler {
                     cell.1.add(value, t);
                 } else if start > cell.0 {
                     if cell.1.count > 0 {
-                        self.spill
-                            .entry((def.id, entity, size, cell.0))
-                            .or_insert(TileAgg::EMPTY)
-                            .merge(&cell.1);
+                        self.spill.push(TileDelta {
+                            feature_id: def.id,
+                            entity,
+                            size_ms: size,
+                            start: cell.0,
+                            agg: cell.1,
+                        });
                     }
                     *cell = (start, TileAgg::of(value, t));
                 } else {
-                    self.spill
-                        .entry((def.id, entity, size, start))
-                        .or_insert(TileAgg::EMPTY)
-                        .add(value, t);
+                    self.spill.push(TileDelta {
+                        feature_id: def.id,
+                        entity,
+                        size_ms: size,
+                        start,
+                        agg: TileAgg::of(value, t),
+                    });
                 }
             }
             self.updates += 1;
@@ -201,57 +326,65 @@ impl Tiler {
         self.updates
     }
 
-    /// Takes every delta and resets the state. Deltas come sorted by
-    /// (feature id, entity length, entity bytes, tile size, tile start) —
-    /// the embedded store's key order — using integer comparisons only.
-    pub fn drain(&mut self) -> Vec<TileDelta> {
-        let entities = std::mem::take(&mut self.entities);
-        // Rank entities by (length, bytes) once, then sort tiles by integers.
-        let mut order: Vec<u32> = (0..entities.len() as u32).collect();
-        order.sort_unstable_by(|a, b| {
-            let (x, y) = (&entities[*a as usize], &entities[*b as usize]);
-            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
-        });
-        let mut rank = vec![0u32; entities.len()];
-        for (r, e) in order.iter().enumerate() {
-            rank[*e as usize] = r as u32;
+    /// Takes every delta and resets the state, sorted in the store's key
+    /// order with integer comparisons: spilled tiles sort once, open tiles
+    /// come out per (feature, entity) slot, and the two sorted streams merge.
+    pub fn drain(&mut self) -> TileDeltas {
+        self.interner.clear();
+        let (entities, rank) = rank_entities(std::mem::take(&mut self.entities));
+        let mut spill = std::mem::take(&mut self.spill);
+        for t in &mut spill {
+            t.entity = rank[t.entity as usize];
         }
-        let spill = std::mem::take(&mut self.spill);
-        let mut tiles: Vec<((u32, u32, i64, i64), TileAgg)> =
-            Vec::with_capacity(spill.len() + self.open.len());
-        tiles.extend(
-            spill
-                .into_iter()
-                .map(|((f, e, size, start), agg)| ((f, rank[e as usize], size, start), agg)),
-        );
-        // Open tiles go straight in: a key is never both open and spilled.
-        for slot in self.slots.drain(..) {
-            let sizes = &self.feature_sizes[&slot.feature_id];
-            for (k, &size) in sizes.iter().enumerate() {
+        // Stable: equal keys keep arrival order, so `last` ties resolve as they came.
+        spill.sort_by_key(TileDelta::key);
+        let mut slots: Vec<(u64, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((u64::from(s.feature_id) << 32) | u64::from(rank[s.entity as usize]), i as u32))
+            .collect();
+        slots.sort_unstable_by_key(|(k, _)| *k);
+        // Each feature's sizes in ascending order, as positions in its open cells.
+        let size_order: HashMap<u32, Vec<(i64, usize)>, FixedState> = self
+            .feature_sizes
+            .iter()
+            .map(|(id, sizes)| {
+                let mut o: Vec<(i64, usize)> = sizes.iter().copied().zip(0..).collect();
+                o.sort_unstable();
+                (*id, o)
+            })
+            .collect();
+        let mut tiles: Vec<TileDelta> = Vec::with_capacity(spill.len() + self.open.len());
+        let mut spilled = spill.into_iter().peekable();
+        for (_, i) in slots {
+            let slot = &self.slots[i as usize];
+            for &(size_ms, k) in &size_order[&slot.feature_id] {
                 let (start, agg) = self.open[slot.base as usize + k];
-                if agg.count > 0 {
-                    tiles.push((
-                        (slot.feature_id, rank[slot.entity as usize], size, start),
-                        agg,
-                    ));
+                if agg.count == 0 {
+                    continue;
                 }
+                let open = TileDelta {
+                    feature_id: slot.feature_id,
+                    entity: rank[slot.entity as usize],
+                    size_ms,
+                    start,
+                    agg,
+                };
+                while let Some(t) = spilled.next_if(|t| t.key() < open.key()) {
+                    push_merging(&mut tiles, t);
+                }
+                push_merging(&mut tiles, open);
             }
         }
+        for t in spilled {
+            push_merging(&mut tiles, t);
+        }
+        self.slots.clear();
         self.open.clear();
         self.slot_of.clear();
-        self.interner.clear();
         self.updates = 0;
-        tiles.sort_unstable_by_key(|(k, _)| *k);
-        tiles
-            .into_iter()
-            .map(|((feature_id, r, size_ms, start), agg)| TileDelta {
-                feature_id,
-                entity: entities[order[r as usize] as usize].clone(),
-                size_ms,
-                start,
-                agg,
-            })
-            .collect()
+        TileDeltas { entities, tiles }
     }
 }
 
@@ -276,10 +409,34 @@ mod tests {
         }
     }
 
+    type Tiles = std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg>;
+
+    /// Drains into `merged`, checking the drain's promise: one delta per
+    /// tile, in store key order.
+    fn drain_into(tiler: &mut Tiler, merged: &mut Tiles) {
+        let deltas = tiler.drain();
+        let keys: Vec<_> = deltas
+            .tiles
+            .iter()
+            .map(|d| {
+                let e = deltas.entity(d);
+                (d.feature_id, e.len(), e.to_vec(), d.size_ms, d.start)
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+        assert_eq!(deltas, TileDeltas::from_unsorted(deltas.tiles.iter().map(|d| (d.feature_id, deltas.entity(d).to_vec(), d.size_ms, d.start, d.agg)).collect()));
+        for d in &deltas.tiles {
+            merged
+                .entry((d.feature_id, deltas.entity(d).to_vec(), d.size_ms, d.start))
+                .or_insert(TileAgg::EMPTY)
+                .merge(&d.agg);
+        }
+    }
+
     /// Random out-of-order updates, drained at random points, equal a brute-force fold.
     #[test]
     fn deltas_equal_brute_force_over_out_of_order_updates() {
-        let defs = [def(0, &[10, 100]), def(1, &[30])];
+        let defs = [def(0, &[100, 10]), def(1, &[30])];
         let mut x: u64 = 0x2545F4914F6CDD1D;
         let mut rnd = move |n: u64| {
             x ^= x << 13;
@@ -288,13 +445,12 @@ mod tests {
             x % n
         };
         let mut tiler = Tiler::new();
-        let mut merged: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> =
-            Default::default();
+        let mut merged: Tiles = Default::default();
         let mut brute: std::collections::BTreeMap<(u32, Vec<u8>, i64, i64), TileAgg> =
             Default::default();
         for round in 0..40 {
             let n = 50;
-            let keys: Vec<String> = (0..n).map(|_| format!("e{}", rnd(7))).collect();
+            let keys: Vec<String> = (0..n).map(|_| format!("e{}", rnd(7) * 7)).collect();
             let times: Vec<i64> = (0..n)
                 .map(|i| round * 40 + i as i64 - rnd(60) as i64)
                 .collect();
@@ -356,20 +512,10 @@ mod tests {
                 }
             }
             if rnd(4) == 0 {
-                for d in tiler.drain() {
-                    merged
-                        .entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start))
-                        .or_insert(TileAgg::EMPTY)
-                        .merge(&d.agg);
-                }
+                drain_into(&mut tiler, &mut merged);
             }
         }
-        for d in tiler.drain() {
-            merged
-                .entry((d.feature_id, d.entity.to_vec(), d.size_ms, d.start))
-                .or_insert(TileAgg::EMPTY)
-                .merge(&d.agg);
-        }
+        drain_into(&mut tiler, &mut merged);
         assert_eq!(merged.len(), brute.len());
         for (k, want) in &brute {
             let got = &merged[k];

@@ -369,7 +369,7 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
-                deltas: vec![],
+                deltas: Default::default(),
                 positions: src.positions(),
             })
             .unwrap();

@@ -216,34 +216,24 @@ impl TileStore for EmbeddedStore {
     }
 
     fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-        // Deltas usually come in key order (the tiler drains that way): encode
-        // them straight into blocks; otherwise sort first.
+        // Deltas come in key order (`TileDeltas` promises it): encode them
+        // straight into blocks, building each key prefix once per run of
+        // tiles that share it.
         let mut fresh = runs::BlockWriter::new();
         let mut key = Vec::with_capacity(64);
-        let mut in_order = true;
-        for d in &cp.deltas {
-            tile_prefix(d.feature_id, &d.entity, d.size_ms, &mut key);
+        let mut prefix: Option<(u32, u32, i64)> = None;
+        for d in &cp.deltas.tiles {
+            if prefix != Some((d.feature_id, d.entity, d.size_ms)) {
+                tile_prefix(d.feature_id, cp.deltas.entity(d), d.size_ms, &mut key);
+                prefix = Some((d.feature_id, d.entity, d.size_ms));
+            }
             key.extend_from_slice(&encode_start(d.start));
             if !fresh.push(&key, &d.agg) {
-                in_order = false;
-                break;
+                return Err(StoreError::InvalidCheckpoint(
+                    "tile deltas out of key order".into(),
+                ));
             }
-        }
-        if !in_order {
-            let entries: Vec<runs::Entry> = cp
-                .deltas
-                .iter()
-                .map(|d| {
-                    let mut key = Vec::with_capacity(24 + d.entity.len());
-                    tile_prefix(d.feature_id, &d.entity, d.size_ms, &mut key);
-                    key.extend_from_slice(&encode_start(d.start));
-                    (key, d.agg)
-                })
-                .collect();
-            fresh = runs::BlockWriter::new();
-            for (k, a) in runs::sort_entries(entries) {
-                fresh.push(&k, &a);
-            }
+            key.truncate(key.len() - 8);
         }
         let (fresh_blocks, fresh_entries) = fresh.finish();
         let tx = self.db.begin_write().map_err(store_err)?;
@@ -375,7 +365,7 @@ impl TileStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::TileDelta;
+    use crate::window::TileDeltas;
 
     fn feature(name: &str, sizes: Vec<u32>) -> StoredFeature {
         StoredFeature {
@@ -398,30 +388,27 @@ mod tests {
             .register_features(&[feature("a", vec![60]), feature("b", vec![60])])
             .unwrap();
         assert_eq!(ids, vec![0, 1]);
-        let delta = |start: i64, n: u64| TileDelta {
-            feature_id: 0,
-            entity: b"e1".to_vec().into(),
-            size_ms: 60_000,
-            start,
-            agg: TileAgg {
+        let delta = |start: i64, n: u64| {
+            let agg = TileAgg {
                 count: n,
                 sum: n as f64,
                 min: 1.0,
                 max: 1.0,
                 last_time: start,
                 last: 1.0,
-            },
+            };
+            (0, b"e1".to_vec(), 60_000, start, agg)
         };
         let cp = Checkpoint {
             pipeline: "p".into(),
-            deltas: vec![delta(-60_000, 1), delta(0, 2), delta(60_000, 3)],
+            deltas: TileDeltas::from_unsorted(vec![delta(60_000, 3), delta(-60_000, 1), delta(0, 2)]),
             positions: vec![("f".into(), b"10".to_vec())],
         };
         store.commit(&cp).unwrap();
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
-                deltas: vec![delta(0, 5)],
+                deltas: TileDeltas::from_unsorted(vec![delta(0, 5)]),
                 positions: vec![("f".into(), b"20".to_vec())],
             })
             .unwrap();
@@ -477,13 +464,7 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
-                deltas: vec![TileDelta {
-                    feature_id: 0,
-                    entity: b"e".to_vec().into(),
-                    size_ms: 60_000,
-                    start: 0,
-                    agg: TileAgg::of(1.0, 0),
-                }],
+                deltas: TileDeltas::from_unsorted(vec![(0, b"e".to_vec(), 60_000, 0, TileAgg::of(1.0, 0))]),
                 positions: vec![],
             })
             .unwrap();
@@ -517,25 +498,20 @@ mod tests {
                 }
                 let c = 1 + (x >> 40) % 5;
                 *brute.entry((entity.clone(), start)).or_default() += c;
-                deltas.push(TileDelta {
-                    feature_id: 3,
-                    entity: entity.into(),
-                    size_ms: 60_000,
-                    start,
-                    agg: TileAgg {
-                        count: c,
-                        sum: c as f64,
-                        min: 1.0,
-                        max: 1.0,
-                        last_time: start,
-                        last: 1.0,
-                    },
-                });
+                let agg = TileAgg {
+                    count: c,
+                    sum: c as f64,
+                    min: 1.0,
+                    max: 1.0,
+                    last_time: start,
+                    last: 1.0,
+                };
+                deltas.push((3, entity, 60_000, start, agg));
             }
             store
                 .commit(&Checkpoint {
                     pipeline: "p".into(),
-                    deltas,
+                    deltas: TileDeltas::from_unsorted(deltas),
                     positions: vec![],
                 })
                 .unwrap();

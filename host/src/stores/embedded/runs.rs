@@ -409,6 +409,7 @@ pub fn merge_runs(mut runs: Vec<Vec<Entry>>) -> Vec<Entry> {
 
 /// Sorts entries by key (unless they already are) and merges equal keys
 /// (in their original order).
+#[cfg(test)]
 pub fn sort_entries(mut entries: Vec<Entry>) -> Vec<Entry> {
     if !entries.windows(2).all(|w| w[0].0 <= w[1].0) {
         entries.sort_by(|a, b| a.0.cmp(&b.0));

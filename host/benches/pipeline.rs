@@ -18,6 +18,10 @@ use tessera::window::{FeatureDef, Tiler};
 use tessera_sdk as sdk;
 use tessera_sdk::{Feature as _, Parser as _};
 
+/// The allocator the `tessera` binary runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PARSER_CONFIG: &str = r#"{"time_field":"ts","type_field":"type","entity_fields":["post_id","user_id"],"fields":{"dwell_ms":"float64"}}"#;
 
 /// ShareChat-style events as NDJSON lines (~95 bytes each): one hour of

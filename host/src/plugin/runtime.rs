@@ -64,6 +64,10 @@ impl PluginRuntime {
             .consume_fuel(settings.fuel)
             .wasm_simd(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Names compiled plugin functions for `perf report` (profiling only).
+        if std::env::var_os("TESSERA_PERFMAP").is_some() {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let linker = |add: fn(&mut Linker<PluginState>) -> wasmtime::Result<()>| -> Result<Linker<PluginState>, PluginError> {

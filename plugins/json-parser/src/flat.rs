@@ -21,15 +21,49 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Whether any byte of `w` is a quote, a backslash, a control character or
+/// non-ASCII: the bytes a string scan must stop at (exact as a yes/no).
+#[inline]
+fn has_special_byte(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (control | zero_byte(w ^ (ONES * b'"' as u64)) | zero_byte(w ^ (ONES * b'\\' as u64)) | (w & HIGH)) != 0
+}
+
 /// A string starting after its opening quote, without escapes or control
 /// characters; returns the text and the index after the closing quote.
+/// Scans eight bytes at a time and validates UTF-8 only when a byte is not ASCII.
 #[inline]
 fn scan_string(b: &[u8], start: usize) -> Option<(&str, usize)> {
     let mut i = start;
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if has_special_byte(w) {
+            break;
+        }
+        i += 8;
+    }
+    let mut ascii = true;
     while i < b.len() {
         match b[i] {
-            b'"' => return Some((std::str::from_utf8(&b[start..i]).ok()?, i + 1)),
+            b'"' => {
+                let text = &b[start..i];
+                let text = if ascii {
+                    // SAFETY: every byte of `text` was checked to be ASCII above
+                    // (whole words by `has_special_byte`, the rest one by one).
+                    unsafe { std::str::from_utf8_unchecked(text) }
+                } else {
+                    std::str::from_utf8(text).ok()?
+                };
+                return Some((text, i + 1));
+            }
             b'\\' | 0..=0x1f => return None,
+            0x80.. => {
+                ascii = false;
+                i += 1;
+            }
             _ => i += 1,
         }
     }
@@ -40,25 +74,29 @@ fn scan_string(b: &[u8], start: usize) -> Option<(&str, usize)> {
 /// the index after it.
 fn scan_number(b: &[u8], start: usize) -> Option<(Value<'static>, usize)> {
     let mut i = start;
-    let digits = |i: &mut usize| {
+    let mut magnitude: u64 = 0;
+    let mut digits = |i: &mut usize, acc: &mut u64| {
         let s = *i;
         while *i < b.len() && b[*i].is_ascii_digit() {
+            *acc = acc.wrapping_mul(10).wrapping_add(u64::from(b[*i] - b'0'));
             *i += 1;
         }
         *i - s
     };
-    if b.get(i) == Some(&b'-') {
+    let negative = b.get(i) == Some(&b'-');
+    if negative {
         i += 1;
     }
     let int_start = i;
-    let n = digits(&mut i);
+    let n = digits(&mut i, &mut magnitude);
     if n == 0 || (n > 1 && b[int_start] == b'0') {
         return None;
     }
     let mut integer = true;
+    let mut ignored = 0;
     if b.get(i) == Some(&b'.') {
         i += 1;
-        if digits(&mut i) == 0 {
+        if digits(&mut i, &mut ignored) == 0 {
             return None;
         }
         integer = false;
@@ -68,21 +106,27 @@ fn scan_number(b: &[u8], start: usize) -> Option<(Value<'static>, usize)> {
         if matches!(b.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        if digits(&mut i) == 0 {
+        if digits(&mut i, &mut ignored) == 0 {
             return None;
         }
         integer = false;
     }
-    let text = std::str::from_utf8(&b[start..i]).ok()?;
     // Fractions, exponents and -0 are floats to serde_json, whose float
     // parsing may round differently from std's: leave them to it.
-    if integer && text != "-0" {
-        if let Ok(v) = text.parse::<i64>() {
-            return Some((Value::Int(v), i));
-        }
-        if let Ok(v) = text.parse::<u64>() {
-            return Some((Value::UInt(v), i));
-        }
+    if !integer || (negative && magnitude == 0) {
+        return None;
+    }
+    // Up to 18 digits cannot overflow the accumulator; longer ones are parsed exactly.
+    if n <= 18 {
+        let v = magnitude as i64;
+        return Some((Value::Int(if negative { -v } else { v }), i));
+    }
+    let text = std::str::from_utf8(&b[start..i]).ok()?;
+    if let Ok(v) = text.parse::<i64>() {
+        return Some((Value::Int(v), i));
+    }
+    if let Ok(v) = text.parse::<u64>() {
+        return Some((Value::UInt(v), i));
     }
     None
 }
@@ -204,6 +248,17 @@ mod tests {
             "NaN",
             "-",
             "\"\\u0041\"",
+            "\"a-long-post-id-0123456789\"",
+            "\"a long text with caf\u{e9} in it\"",
+            "\"a long text with an \\\" escape\"",
+            "\"a long text\twith a tab\"",
+            "\"seventeen bytes!!\"",
+            "-12",
+            "123456789012345678",
+            "1234567890123456789",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "00",
         ])
         .to_string()
     }

@@ -184,8 +184,10 @@ impl JsonParser {
                 de.deserialize_seq_objects(self, row, out)?;
                 de.end().map_err(|e| format!("invalid JSON: {e}"))
             }
-            // One object per payload, the common case: no extra pass over the bytes.
-            Some(_) if !payload.contains(&b'\n') => self.parse_object(row, payload, out),
+            // One flat object per payload, the common case: no extra pass
+            // over the bytes (a payload with more after the object falls through).
+            Some(_) if flat::parse_flat(self, row, payload, &mut out.events).is_some() => Ok(()),
+            Some(_) if !payload.contains(&b'\n') => self.parse_object_serde(row, payload, out),
             Some(_) => {
                 let mut any = false;
                 for (n, line) in payload.split(|b| *b == b'\n').enumerate() {
@@ -242,7 +244,12 @@ impl JsonParser {
 
     #[inline]
     fn slot(&self, key: &str) -> Option<Slot> {
-        self.keys.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
+        let key = key.as_bytes();
+        // Length and first byte rule out most keys without a memcmp call.
+        self.keys
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && k.as_bytes().first() == key.first() && k.as_bytes() == key)
+            .map(|(_, s)| *s)
     }
 }
 

@@ -38,6 +38,7 @@ const MIN_MERGE_WIDTH: usize = 4;
 const MAX_RUNS: usize = 16;
 
 /// One (key, tile) entry of a run.
+#[cfg(test)]
 pub type Entry = (Vec<u8>, TileAgg);
 
 /// Encoded blocks of a run: (first key, block bytes).
@@ -285,7 +286,8 @@ fn decode_entry(block: &[u8], i: &mut usize, key: &mut Vec<u8>) -> Result<TileAg
     decode_tile(key_start(key)?, block, i)
 }
 
-/// Decodes a whole block (tests and tools; reads use [`BlockReader`]).
+/// Decodes a whole block (tests; reads use [`BlockReader`]).
+#[cfg(test)]
 pub fn decode_block(block: &[u8]) -> Result<Vec<Entry>, MalformedBlock> {
     let mut r = BlockReader::new(block);
     let mut out = Vec::new();

@@ -9,11 +9,13 @@
 
 mod agg;
 mod cover;
+mod entities;
 mod tiler;
 mod watermark;
 
 pub use agg::TileAgg;
 pub use cover::{cover, Cover, TileRange};
+pub use entities::{EntityInterner, EntityKeys};
 pub use tiler::{FeatureDef, TileDelta, TileDeltas, Tiler, UpdateRejection};
 pub use watermark::Watermarks;
 

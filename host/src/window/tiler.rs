@@ -10,6 +10,7 @@
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
+use super::entities::{EntityInterner, EntityKeys};
 use super::{tile_start, TileAgg};
 use crate::record::{column, utf8_at, EventBatch, FeatureSpec, UpdateBatch};
 
@@ -48,7 +49,7 @@ impl TileDelta {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TileDeltas {
     /// Entity keys, ascending by (length, bytes).
-    pub entities: Vec<std::sync::Arc<[u8]>>,
+    pub entities: EntityKeys,
     pub tiles: Vec<TileDelta>,
 }
 
@@ -63,30 +64,24 @@ impl TileDeltas {
 
     /// The entity key of a delta.
     pub fn entity(&self, d: &TileDelta) -> &[u8] {
-        &self.entities[d.entity as usize]
+        self.entities.get(d.entity as usize)
     }
 
     /// Deltas given in any order as (feature id, entity, size, start, agg);
     /// equal keys merge in the order given.
     pub fn from_unsorted(deltas: Vec<(u32, Vec<u8>, i64, i64, TileAgg)>) -> Self {
-        let mut ids: HashMap<Vec<u8>, u32, FixedState> = HashMap::default();
-        let mut entities: Vec<std::sync::Arc<[u8]>> = Vec::new();
+        let mut interner = EntityInterner::new();
         let mut tiles: Vec<TileDelta> = Vec::with_capacity(deltas.len());
         for (feature_id, entity, size_ms, start, agg) in deltas {
-            let next = ids.len() as u32;
-            let id = *ids.entry(entity.clone()).or_insert_with(|| {
-                entities.push(entity.into());
-                next
-            });
             tiles.push(TileDelta {
                 feature_id,
-                entity: id,
+                entity: interner.intern(&entity),
                 size_ms,
                 start,
                 agg,
             });
         }
-        let (entities, rank) = rank_entities(entities);
+        let (entities, rank) = interner.take_sorted();
         for t in &mut tiles {
             t.entity = rank[t.entity as usize];
         }
@@ -96,40 +91,6 @@ impl TileDeltas {
             tiles: fold_equal_keys(tiles),
         }
     }
-}
-
-/// Sorts entities by (length, bytes); returns them and each old index's rank.
-fn rank_entities(entities: Vec<std::sync::Arc<[u8]>>) -> (Vec<std::sync::Arc<[u8]>>, Vec<u32>) {
-    // Compare a packed (length, first 15 bytes) integer first: most keys
-    // differ there, and the sort touches no heap memory until they tie.
-    let packed = |e: &[u8]| -> u128 {
-        let mut b = [0u8; 16];
-        b[0] = e.len().min(255) as u8;
-        let n = e.len().min(15);
-        b[1..1 + n].copy_from_slice(&e[..n]);
-        u128::from_be_bytes(b)
-    };
-    let mut order: Vec<(u128, u32)> = entities
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (packed(e), i as u32))
-        .collect();
-    order.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| {
-            let (x, y) = (&entities[a.1 as usize], &entities[b.1 as usize]);
-            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
-        })
-    });
-    let mut rank = vec![0u32; entities.len()];
-    for (r, (_, e)) in order.iter().enumerate() {
-        rank[*e as usize] = r as u32;
-    }
-    let mut slots: Vec<Option<std::sync::Arc<[u8]>>> = entities.into_iter().map(Some).collect();
-    let sorted = order
-        .iter()
-        .map(|(_, e)| slots[*e as usize].take().expect("each entity once"))
-        .collect();
-    (sorted, rank)
 }
 
 /// Merges runs of equal keys (in order) in sorted deltas.
@@ -172,8 +133,7 @@ struct Slot {
 /// drain merges them in arrival order) but never an open tile's key.
 #[derive(Default)]
 pub struct Tiler {
-    interner: HashMap<std::sync::Arc<[u8]>, u32, FixedState>,
-    entities: Vec<std::sync::Arc<[u8]>>,
+    entities: EntityInterner,
     /// Per feature (by id): entity id → base of its open tiles in `open`,
     /// `NO_SLOT` when none. Entity ids are dense, so this is an index, not a
     /// hash lookup.
@@ -195,18 +155,6 @@ impl Tiler {
         Self::default()
     }
 
-    #[inline]
-    fn intern(&mut self, entity: &[u8]) -> u32 {
-        if let Some(id) = self.interner.get(entity) {
-            return *id;
-        }
-        let id = self.entities.len() as u32;
-        let bytes: std::sync::Arc<[u8]> = entity.into();
-        self.entities.push(bytes.clone());
-        self.interner.insert(bytes, id);
-        id
-    }
-
     /// Applies one plugin's updates; `defs[i]` is the plugin's feature `i`.
     /// Updates whose event has no value in the feature's entity field are
     /// returned as rejections (the rest are applied).
@@ -226,7 +174,7 @@ impl Tiler {
                 None => {
                     let ids = match column(events, name) {
                         Some(c) => (0..events.len as usize)
-                            .map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.intern(e)))
+                            .map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.entities.intern(e)))
                             .collect(),
                         None => Vec::new(),
                     };
@@ -330,8 +278,7 @@ impl Tiler {
     /// order with integer comparisons: spilled tiles sort once, open tiles
     /// come out per (feature, entity) slot, and the two sorted streams merge.
     pub fn drain(&mut self) -> TileDeltas {
-        self.interner.clear();
-        let (entities, rank) = rank_entities(std::mem::take(&mut self.entities));
+        let (entities, rank) = self.entities.take_sorted();
         let mut spill = std::mem::take(&mut self.spill);
         for t in &mut spill {
             t.entity = rank[t.entity as usize];

@@ -75,7 +75,7 @@ fn scan_string(b: &[u8], start: usize) -> Option<(&str, usize)> {
 fn scan_number(b: &[u8], start: usize) -> Option<(Value<'static>, usize)> {
     let mut i = start;
     let mut magnitude: u64 = 0;
-    let mut digits = |i: &mut usize, acc: &mut u64| {
+    let digits = |i: &mut usize, acc: &mut u64| {
         let s = *i;
         while *i < b.len() && b[*i].is_ascii_digit() {
             *acc = acc.wrapping_mul(10).wrapping_add(u64::from(b[*i] - b'0'));

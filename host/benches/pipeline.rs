@@ -6,7 +6,9 @@
 //! Run: `cargo bench -p tessera --bench pipeline` (builds the plugins first
 //! with scripts/build-plugins.sh). `TESSERA_BENCH_EVENTS`,
 //! `TESSERA_BENCH_RUNS` and `TESSERA_BENCH_CHECKPOINT` change the size
-//! (default 1,000,000 events, 5 runs, a checkpoint every 500,000 updates).
+//! (default 1,000,000 events, 5 runs, a checkpoint every 500,000 updates);
+//! `TESSERA_BENCH_ONLY="wasm (fuel + epoch)"` runs one path alone, for a
+//! profiler (with `TESSERA_PERFMAP=1`, perf names the plugin functions).
 
 use std::time::{Duration, Instant};
 
@@ -175,13 +177,13 @@ fn run_once(
 fn commit(tiler: &mut Tiler, store: &EmbeddedStore) -> u64 {
     let deltas = tiler.drain();
     let written = deltas.len() as u64;
-    store
-        .commit(&Checkpoint {
-            pipeline: "bench".into(),
-            deltas,
-            positions: vec![],
-        })
-        .unwrap();
+    let checkpoint = Checkpoint {
+        pipeline: "bench".into(),
+        deltas,
+        positions: vec![],
+    };
+    store.commit(&checkpoint).unwrap();
+    tiler.recycle(checkpoint.deltas);
     written
 }
 
@@ -348,16 +350,24 @@ fn main() {
         ("wasm (fuel + epoch)", vec![]),
         ("wasm (epoch only)", vec![]),
     ];
+    // `TESSERA_BENCH_ONLY=<path name>` runs that path alone (for a profiler) and prints no table.
+    let only = std::env::var("TESSERA_BENCH_ONLY").ok();
     let (mut updates, mut tiles) = (0, 0);
     for _ in 0..runs {
         for (i, plugins) in [&mut native, &mut wasm_fuel, &mut wasm_epoch]
             .into_iter()
             .enumerate()
         {
+            if only.as_ref().is_some_and(|o| o != results[i].0) {
+                continue;
+            }
             let (split, u, t) = run_once(&lines, plugins, &specs, 1024, checkpoint);
             (updates, tiles) = (u, t);
             results[i].1.push(split);
         }
+    }
+    if only.is_some() {
+        return;
     }
     let native_total = median(results[0].1.iter().map(Split::total).collect());
     println!("{updates} feature updates ({:.2} per event), each into 3 tile sizes; {tiles} tile writes to the store ({:.2} per event)", updates as f64 / n as f64, tiles as f64 / n as f64);

@@ -253,11 +253,13 @@ impl Pipeline {
             self.side_output.committed_len().to_be_bytes().to_vec(),
         ));
         self.stats.tiles_written += deltas.len() as u64;
-        self.store.commit(&Checkpoint {
+        let checkpoint = Checkpoint {
             pipeline: self.cfg.pipeline.name.clone(),
             deltas,
             positions,
-        })?;
+        };
+        self.store.commit(&checkpoint)?;
+        self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
         Ok(())
     }

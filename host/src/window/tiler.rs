@@ -142,6 +142,8 @@ pub struct Tiler {
     open: Vec<(i64, TileAgg)>,
     spill: Vec<TileDelta>,
     feature_sizes: HashMap<u32, Vec<i64>, FixedState>,
+    /// The delta list of the last drain, handed back by [`Tiler::recycle`].
+    recycled: Vec<TileDelta>,
     updates: u64,
 }
 
@@ -279,12 +281,11 @@ impl Tiler {
     /// come out per (feature, entity) slot, and the two sorted streams merge.
     pub fn drain(&mut self) -> TileDeltas {
         let (entities, rank) = self.entities.take_sorted();
-        let mut spill = std::mem::take(&mut self.spill);
-        for t in &mut spill {
+        for t in &mut self.spill {
             t.entity = rank[t.entity as usize];
         }
         // Stable: equal keys keep arrival order, so `last` ties resolve as they came.
-        spill.sort_by_key(TileDelta::key);
+        self.spill.sort_by_key(TileDelta::key);
         let mut slots: Vec<(u64, u32)> = self
             .slots
             .iter()
@@ -302,8 +303,11 @@ impl Tiler {
                 (*id, o)
             })
             .collect();
-        let mut tiles: Vec<TileDelta> = Vec::with_capacity(spill.len() + self.open.len());
-        let mut spilled = spill.into_iter().peekable();
+        // A recycled buffer when there is one: fresh pages cost a fault each.
+        let mut tiles = std::mem::take(&mut self.recycled);
+        tiles.clear();
+        tiles.reserve(self.spill.len() + self.open.len());
+        let mut spilled = self.spill.iter().copied().peekable();
         for (_, i) in slots {
             let slot = &self.slots[i as usize];
             for &(size_ms, k) in &size_order[&slot.feature_id] {
@@ -327,11 +331,22 @@ impl Tiler {
         for t in spilled {
             push_merging(&mut tiles, t);
         }
+        self.spill.clear();
         self.slots.clear();
         self.open.clear();
-        self.slot_of.clear();
+        for index in self.slot_of.values_mut() {
+            index.clear();
+        }
         self.updates = 0;
         TileDeltas { entities, tiles }
+    }
+
+    /// Hands a drained delta list back once it is committed, so the next
+    /// drain reuses its memory.
+    pub fn recycle(&mut self, deltas: TileDeltas) {
+        if deltas.tiles.capacity() > self.recycled.capacity() {
+            self.recycled = deltas.tiles;
+        }
     }
 }
 
@@ -378,6 +393,7 @@ mod tests {
                 .or_insert(TileAgg::EMPTY)
                 .merge(&d.agg);
         }
+        tiler.recycle(deltas);
     }
 
     /// Random out-of-order updates, drained at random points, equal a brute-force fold.

@@ -83,6 +83,8 @@ enum Slot {
 #[derive(Debug)]
 pub struct JsonParser {
     keys: Vec<(String, Slot)>,
+    /// `keys` as (length, first 8 bytes packed) for [`JsonParser::slot`].
+    packed_keys: Vec<(usize, u64)>,
     time_format: TimeFormat,
     default_type: Option<String>,
     time_field: String,
@@ -127,6 +129,7 @@ impl Parser for JsonParser {
             }
         }
         Ok(JsonParser {
+            packed_keys: keys.iter().map(|(k, _)| pack_key(k.as_bytes())).collect(),
             keys,
             time_format: cfg.time_format,
             default_type: cfg.default_type,
@@ -242,15 +245,27 @@ impl JsonParser {
         de.end().map_err(|e| format!("invalid JSON: {e}"))
     }
 
+    /// What `key` maps to. Compares one packed integer per mapped key;
+    /// only keys longer than 8 bytes compare their remaining bytes.
     #[inline]
     fn slot(&self, key: &str) -> Option<Slot> {
         let key = key.as_bytes();
-        // Length and first byte rule out most keys without a memcmp call.
-        self.keys
+        let packed = pack_key(key);
+        self.packed_keys
             .iter()
-            .find(|(k, _)| k.len() == key.len() && k.as_bytes().first() == key.first() && k.as_bytes() == key)
-            .map(|(_, s)| *s)
+            .zip(&self.keys)
+            .find(|(p, (k, _))| **p == packed && (key.len() <= 8 || k.as_bytes()[8..] == key[8..]))
+            .map(|(_, (_, slot))| *slot)
     }
+}
+
+/// A key's length and its first 8 bytes (zero padded) as one integer.
+#[inline]
+fn pack_key(key: &[u8]) -> (usize, u64) {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    (key.len(), u64::from_le_bytes(b))
 }
 
 trait SeqObjects {

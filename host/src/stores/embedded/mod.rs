@@ -334,7 +334,8 @@ impl TileStore for EmbeddedStore {
                 if !k.starts_with(&rid) || &k[8..] >= hi.as_slice() {
                     break;
                 }
-                let mut block = runs::BlockReader::new(v.value());
+                let mut block = runs::BlockReader::new(v.value()).map_err(|_| corrupt_run(id.value()))?;
+                block.seek(&lo).map_err(|_| corrupt_run(id.value()))?;
                 while let Some(entry) = block.next() {
                     let (key, agg) = entry.map_err(|_| corrupt_run(id.value()))?;
                     if key >= hi.as_slice() {

@@ -11,10 +11,13 @@
 //! number of runs logarithmic in the data and collapses a tile written by
 //! several checkpoints into one entry.
 //!
-//! Block format ([`FORMAT_VERSION`]): a sequence of entries, each
+//! Block format ([`FORMAT_VERSION`]), as LevelDB's blocks: a sequence of
+//! entries, then the offsets of the restart entries (u32 LE each) and their
+//! number (u32 LE). An entry is
 //! `shared varint | unshared varint | unshared key bytes | tile`, where the
-//! key is prefix-compressed against the previous key of the block (as
-//! LevelDB's blocks are; the first entry shares nothing) and the tile is
+//! key is prefix-compressed against the previous key of the block except at
+//! restart entries (every 16th, the first included), which share nothing; a
+//! read binary-searches the restarts for its start key. The tile is
 //! `flags u8 | count varint | [sum f64] | values | last_time zigzag varint`
 //! with `last_time` relative to the tile start (the key's last 8 bytes).
 //! `values` is one f64 when min = max = last (`UNIFORM`), none when that
@@ -27,10 +30,14 @@
 use crate::window::TileAgg;
 
 /// Version of the block format above; the store refuses files of another.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Target size of one block.
 pub const BLOCK_BYTES: usize = 16 * 1024;
+
+/// Every this many entries a key is written whole (a restart point), so a
+/// read binary-searches a block instead of decoding it from the start.
+const RESTART_INTERVAL: u32 = 16;
 
 /// Newest runs merged together when at least this many are comparable.
 const MIN_MERGE_WIDTH: usize = 4;
@@ -177,6 +184,9 @@ pub struct BlockWriter {
     pending_key: Vec<u8>,
     pending: Option<TileAgg>,
     entries: u64,
+    /// Offsets of the restart entries of `block`.
+    restarts: Vec<u32>,
+    block_entries: u32,
 }
 
 impl BlockWriter {
@@ -212,16 +222,19 @@ impl BlockWriter {
             return;
         };
         if self.block.len() >= BLOCK_BYTES {
-            let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 256));
-            self.blocks.push((std::mem::take(&mut self.first), block));
+            self.seal_block();
         }
-        let shared = if self.block.is_empty() {
+        if self.block.is_empty() {
             self.first.clear();
             self.first.extend_from_slice(&self.pending_key);
+        }
+        let shared = if self.block_entries.is_multiple_of(RESTART_INTERVAL) {
+            self.restarts.push(self.block.len() as u32);
             0
         } else {
             shared_prefix(&self.written_key, &self.pending_key)
         };
+        self.block_entries += 1;
         put_varint(&mut self.block, shared as u64);
         put_varint(&mut self.block, (self.pending_key.len() - shared) as u64);
         self.block.extend_from_slice(&self.pending_key[shared..]);
@@ -231,43 +244,101 @@ impl BlockWriter {
         self.entries += 1;
     }
 
+    /// Appends the restart trailer to the current block and starts a new one.
+    fn seal_block(&mut self) {
+        if self.block.is_empty() {
+            return;
+        }
+        for r in &self.restarts {
+            self.block.extend_from_slice(&r.to_le_bytes());
+        }
+        self.block
+            .extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 512));
+        self.blocks.push((std::mem::take(&mut self.first), block));
+        self.restarts.clear();
+        self.block_entries = 0;
+    }
+
     /// The blocks (first key, bytes) and the number of entries.
     pub fn finish(mut self) -> (Blocks, u64) {
         self.flush_pending();
-        if !self.block.is_empty() {
-            self.blocks.push((self.first, self.block));
-        }
+        self.seal_block();
         (self.blocks, self.entries)
     }
 }
 
+/// Splits a block into its entries and its restart offsets.
+fn split_block(block: &[u8]) -> Result<(&[u8], &[u8]), MalformedBlock> {
+    let n_at = block.len().checked_sub(4).ok_or(MalformedBlock)?;
+    let n = u32::from_le_bytes(block[n_at..].try_into().expect("4 bytes")) as usize;
+    let restarts_at = n
+        .checked_mul(4)
+        .and_then(|b| n_at.checked_sub(b))
+        .ok_or(MalformedBlock)?;
+    Ok((&block[..restarts_at], &block[restarts_at..n_at]))
+}
+
 /// Reads one block's entries in order.
 pub struct BlockReader<'a> {
-    block: &'a [u8],
+    entries: &'a [u8],
+    restarts: &'a [u8],
     offset: usize,
     key: Vec<u8>,
 }
 
 impl<'a> BlockReader<'a> {
-    pub fn new(block: &'a [u8]) -> Self {
-        BlockReader {
-            block,
+    /// Fails when the restart trailer is malformed.
+    pub fn new(block: &'a [u8]) -> Result<Self, MalformedBlock> {
+        let (entries, restarts) = split_block(block)?;
+        Ok(BlockReader {
+            entries,
+            restarts,
             offset: 0,
             key: Vec::with_capacity(64),
+        })
+    }
+
+    /// Positions the reader so that the next entry is the last restart
+    /// entry whose key is `<= target` (or the first entry): every entry
+    /// before it is smaller than `target`.
+    pub fn seek(&mut self, target: &[u8]) -> Result<(), MalformedBlock> {
+        let n = self.restarts.len() / 4;
+        let restart = |j: usize| -> Result<(usize, &[u8]), MalformedBlock> {
+            let at = u32::from_le_bytes(self.restarts[j * 4..j * 4 + 4].try_into().expect("4")) as usize;
+            let mut i = at;
+            if get_varint(self.entries, &mut i)? != 0 {
+                return Err(MalformedBlock);
+            }
+            let len = get_varint(self.entries, &mut i)? as usize;
+            let key = self.entries.get(i..i.saturating_add(len)).ok_or(MalformedBlock)?;
+            Ok((at, key))
+        };
+        // Binary search: restarts [0, lo] have keys <= target (or lo = 0).
+        let (mut lo, mut hi) = (0usize, n);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if restart(mid)?.1 <= target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
+        self.offset = if n == 0 { 0 } else { restart(lo)?.0 };
+        self.key.clear();
+        Ok(())
     }
 
     /// The next entry, `None` at the end, an error when the block is malformed.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Result<(&[u8], TileAgg), MalformedBlock>> {
-        if self.offset >= self.block.len() {
+        if self.offset >= self.entries.len() {
             return None;
         }
-        Some(self.decode_next().map(|agg| (self.key.as_slice(), agg)))
-    }
-
-    fn decode_next(&mut self) -> Result<TileAgg, MalformedBlock> {
-        decode_entry(self.block, &mut self.offset, &mut self.key)
+        Some(
+            decode_entry(self.entries, &mut self.offset, &mut self.key)
+                .map(|agg| (self.key.as_slice(), agg)),
+        )
     }
 }
 
@@ -289,7 +360,7 @@ fn decode_entry(block: &[u8], i: &mut usize, key: &mut Vec<u8>) -> Result<TileAg
 /// Decodes a whole block (tests; reads use [`BlockReader`]).
 #[cfg(test)]
 pub fn decode_block(block: &[u8]) -> Result<Vec<Entry>, MalformedBlock> {
-    let mut r = BlockReader::new(block);
+    let mut r = BlockReader::new(block)?;
     let mut out = Vec::new();
     while let Some(e) = r.next() {
         let (k, a) = e?;
@@ -303,6 +374,9 @@ pub struct RunCursor {
     blocks: Vec<Vec<u8>>,
     block: usize,
     offset: usize,
+    /// Where the entries of the current block end (its restart trailer
+    /// starts), once known.
+    end: Option<usize>,
     key: Vec<u8>,
     current: Option<TileAgg>,
 }
@@ -314,6 +388,7 @@ impl RunCursor {
             blocks,
             block: 0,
             offset: 0,
+            end: None,
             key: Vec::with_capacity(64),
             current: None,
         };
@@ -323,17 +398,25 @@ impl RunCursor {
 
     /// Decodes the entry at (block, offset) into `key` and `current`.
     fn load(&mut self) -> Result<(), MalformedBlock> {
-        while self.blocks.get(self.block).is_some_and(|b| self.offset >= b.len()) {
+        loop {
+            let Some(b) = self.blocks.get(self.block) else {
+                self.current = None;
+                return Ok(());
+            };
+            let end = match self.end {
+                Some(end) => end,
+                None => *self.end.insert(split_block(b)?.0.len()),
+            };
+            if self.offset < end {
+                let entries = &b[..end];
+                self.current = Some(decode_entry(entries, &mut self.offset, &mut self.key)?);
+                return Ok(());
+            }
             self.block += 1;
             self.offset = 0;
+            self.end = None;
             self.key.clear();
         }
-        let Some(b) = self.blocks.get(self.block) else {
-            self.current = None;
-            return Ok(());
-        };
-        self.current = Some(decode_entry(b, &mut self.offset, &mut self.key)?);
-        Ok(())
     }
 
     /// The current entry.
@@ -527,6 +610,29 @@ mod tests {
             assert_eq!(got.0, want.0);
             let (g, w) = (got.1.encode(), want.1.encode());
             assert_eq!(g, w, "bit-exact round trip of {:?}", want.1);
+        }
+        // Seeking lands at or before the first entry >= the target, never after it.
+        for (_, b) in &blocks {
+            let all = decode_block(b).unwrap();
+            for _ in 0..50 {
+                let target = match rnd() % 3 {
+                    0 => all[(rnd() % all.len() as u64) as usize].0.clone(),
+                    1 => key(&format!("key-{:03}-", rnd() % 800), (rnd() % 2000) as i64 * 1000 - 1_000_000),
+                    _ => vec![(rnd() % 256) as u8],
+                };
+                let mut r = BlockReader::new(b).unwrap();
+                r.seek(&target).unwrap();
+                let mut seen = Vec::new();
+                while let Some(e) = r.next() {
+                    let (k, a) = e.unwrap();
+                    seen.push((k.to_vec(), a));
+                }
+                let want: Vec<&Entry> = all.iter().filter(|(k, _)| *k >= target).collect();
+                let got: Vec<&Entry> = seen.iter().filter(|(k, _)| *k >= target).collect();
+                assert_eq!(got.len(), want.len());
+                assert!(got.iter().zip(&want).all(|(g, w)| g.0 == w.0));
+                assert!(seen.len() - got.len() <= RESTART_INTERVAL as usize, "{} read before the target, {} after, block of {}", seen.len() - got.len(), got.len(), all.len());
+            }
         }
         // Counter tiles of neighbouring keys take a few bytes each.
         let counters: Vec<Entry> = (0..1000)

@@ -238,11 +238,15 @@ impl Tiler {
             }
             let base = base as usize;
             for (k, &size) in def.sizes_ms.iter().enumerate() {
-                let start = tile_start(t, size);
                 let cell = &mut self.open[base + k];
-                if cell.0 == start {
+                // Most updates fall into the open tile: test that without a
+                // division (a new slot's cell is empty and takes the slow path).
+                if (t.wrapping_sub(cell.0) as u64) < size as u64 && cell.1.count != 0 {
                     cell.1.add(value, t);
-                } else if start > cell.0 {
+                    continue;
+                }
+                let start = tile_start(t, size);
+                if start > cell.0 {
                     if cell.1.count > 0 {
                         self.spill.push(TileDelta {
                             feature_id: def.id,

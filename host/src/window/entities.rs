@@ -154,9 +154,8 @@ impl EntityInterner {
             None => slot.inline[0] = LONG,
         }
         let (keys, hasher) = (&self.keys, &self.hasher);
-        self.table.insert_unique(hash, slot, |s| {
-            hasher.hash_one(keys.get(s.id as usize))
-        });
+        self.table
+            .insert_unique(hash, slot, |s| hasher.hash_one(keys.get(s.id as usize)));
         id
     }
 

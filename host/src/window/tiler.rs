@@ -176,7 +176,9 @@ impl Tiler {
                 None => {
                     let ids = match column(events, name) {
                         Some(c) => (0..events.len as usize)
-                            .map(|row| utf8_at(c, row).map_or(NO_ENTITY, |e| self.entities.intern(e)))
+                            .map(|row| {
+                                utf8_at(c, row).map_or(NO_ENTITY, |e| self.entities.intern(e))
+                            })
                             .collect(),
                         None => Vec::new(),
                     };
@@ -294,7 +296,12 @@ impl Tiler {
             .slots
             .iter()
             .enumerate()
-            .map(|(i, s)| ((u64::from(s.feature_id) << 32) | u64::from(rank[s.entity as usize]), i as u32))
+            .map(|(i, s)| {
+                (
+                    (u64::from(s.feature_id) << 32) | u64::from(rank[s.entity as usize]),
+                    i as u32,
+                )
+            })
             .collect();
         slots.sort_unstable_by_key(|(k, _)| *k);
         // Each feature's sizes in ascending order, as positions in its open cells.
@@ -389,8 +396,26 @@ mod tests {
                 (d.feature_id, e.len(), e.to_vec(), d.size_ms, d.start)
             })
             .collect();
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
-        assert_eq!(deltas, TileDeltas::from_unsorted(deltas.tiles.iter().map(|d| (d.feature_id, deltas.entity(d).to_vec(), d.size_ms, d.start, d.agg)).collect()));
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+        assert_eq!(
+            deltas,
+            TileDeltas::from_unsorted(
+                deltas
+                    .tiles
+                    .iter()
+                    .map(|d| (
+                        d.feature_id,
+                        deltas.entity(d).to_vec(),
+                        d.size_ms,
+                        d.start,
+                        d.agg
+                    ))
+                    .collect()
+            )
+        );
         for d in &deltas.tiles {
             merged
                 .entry((d.feature_id, deltas.entity(d).to_vec(), d.size_ms, d.start))

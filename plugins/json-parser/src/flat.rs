@@ -29,7 +29,11 @@ fn has_special_byte(w: u64) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (control | zero_byte(w ^ (ONES * b'"' as u64)) | zero_byte(w ^ (ONES * b'\\' as u64)) | (w & HIGH)) != 0
+    (control
+        | zero_byte(w ^ (ONES * b'"' as u64))
+        | zero_byte(w ^ (ONES * b'\\' as u64))
+        | (w & HIGH))
+        != 0
 }
 
 /// A string starting after its opening quote, without escapes or control

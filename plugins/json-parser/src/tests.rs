@@ -124,10 +124,13 @@ fn bad_configs_are_rejected() {
 /// packed part of the key lookup) still map to their own columns.
 #[test]
 fn long_keys_sharing_a_prefix_map_to_their_own_columns() {
-    let cfg = r#"{"entity_fields": ["account_id_a", "account_id_b"], "fields": {"account_id": "int64"}}"#;
+    let cfg =
+        r#"{"entity_fields": ["account_id_a", "account_id_b"], "fields": {"account_id": "int64"}}"#;
     let out = parse(
         cfg,
-        &[r#"{"ts": 1, "type": "t", "account_id_b": "B", "account_id_a": "A", "account_id": 3, "account_id_c": "C"}"#],
+        &[
+            r#"{"ts": 1, "type": "t", "account_id_b": "B", "account_id_a": "A", "account_id": 3, "account_id_c": "C"}"#,
+        ],
     );
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let ev = &out.events;

@@ -86,7 +86,11 @@ impl EmbeddedStore {
         {
             let mut meta = tx.open_table(META).map_err(store_err)?;
             let format = meta.get("format").map_err(store_err)?.map(|v| v.value());
-            let has_runs = !tx.open_table(RUNS).map_err(store_err)?.is_empty().map_err(store_err)?;
+            let has_runs = !tx
+                .open_table(RUNS)
+                .map_err(store_err)?
+                .is_empty()
+                .map_err(store_err)?;
             match format {
                 Some(runs::FORMAT_VERSION) => {}
                 None if !has_runs => {
@@ -334,7 +338,8 @@ impl TileStore for EmbeddedStore {
                 if !k.starts_with(&rid) || &k[8..] >= hi.as_slice() {
                     break;
                 }
-                let mut block = runs::BlockReader::new(v.value()).map_err(|_| corrupt_run(id.value()))?;
+                let mut block =
+                    runs::BlockReader::new(v.value()).map_err(|_| corrupt_run(id.value()))?;
                 block.seek(&lo).map_err(|_| corrupt_run(id.value()))?;
                 while let Some(entry) = block.next() {
                     let (key, agg) = entry.map_err(|_| corrupt_run(id.value()))?;
@@ -402,7 +407,11 @@ mod tests {
         };
         let cp = Checkpoint {
             pipeline: "p".into(),
-            deltas: TileDeltas::from_unsorted(vec![delta(60_000, 3), delta(-60_000, 1), delta(0, 2)]),
+            deltas: TileDeltas::from_unsorted(vec![
+                delta(60_000, 3),
+                delta(-60_000, 1),
+                delta(0, 2),
+            ]),
             positions: vec![("f".into(), b"10".to_vec())],
         };
         store.commit(&cp).unwrap();
@@ -465,7 +474,13 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
-                deltas: TileDeltas::from_unsorted(vec![(0, b"e".to_vec(), 60_000, 0, TileAgg::of(1.0, 0))]),
+                deltas: TileDeltas::from_unsorted(vec![(
+                    0,
+                    b"e".to_vec(),
+                    60_000,
+                    0,
+                    TileAgg::of(1.0, 0),
+                )]),
                 positions: vec![],
             })
             .unwrap();

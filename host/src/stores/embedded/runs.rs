@@ -138,7 +138,11 @@ fn decode_tile(base: i64, b: &[u8], i: &mut usize) -> Result<TileAgg, MalformedB
     let (min, max, last) = if flags & UNIFORM == 0 {
         (get_f64(b, i)?, get_f64(b, i)?, get_f64(b, i)?)
     } else {
-        let v = if flags & ONE != 0 { 1.0 } else { get_f64(b, i)? };
+        let v = if flags & ONE != 0 {
+            1.0
+        } else {
+            get_f64(b, i)?
+        };
         (v, v, v)
     };
     let z = get_varint(b, i)?;
@@ -305,13 +309,17 @@ impl<'a> BlockReader<'a> {
     pub fn seek(&mut self, target: &[u8]) -> Result<(), MalformedBlock> {
         let n = self.restarts.len() / 4;
         let restart = |j: usize| -> Result<(usize, &[u8]), MalformedBlock> {
-            let at = u32::from_le_bytes(self.restarts[j * 4..j * 4 + 4].try_into().expect("4")) as usize;
+            let at =
+                u32::from_le_bytes(self.restarts[j * 4..j * 4 + 4].try_into().expect("4")) as usize;
             let mut i = at;
             if get_varint(self.entries, &mut i)? != 0 {
                 return Err(MalformedBlock);
             }
             let len = get_varint(self.entries, &mut i)? as usize;
-            let key = self.entries.get(i..i.saturating_add(len)).ok_or(MalformedBlock)?;
+            let key = self
+                .entries
+                .get(i..i.saturating_add(len))
+                .ok_or(MalformedBlock)?;
             Ok((at, key))
         };
         // Binary search: restarts [0, lo] have keys <= target (or lo = 0).
@@ -350,7 +358,9 @@ fn decode_entry(block: &[u8], i: &mut usize, key: &mut Vec<u8>) -> Result<TileAg
     if shared > key.len() {
         return Err(MalformedBlock);
     }
-    let tail = block.get(*i..i.saturating_add(unshared)).ok_or(MalformedBlock)?;
+    let tail = block
+        .get(*i..i.saturating_add(unshared))
+        .ok_or(MalformedBlock)?;
     *i += unshared;
     key.truncate(shared);
     key.extend_from_slice(tail);
@@ -435,7 +445,10 @@ impl RunCursor {
 
 /// Merges runs given oldest first into `out`; on equal keys the older run's
 /// entry goes first, so a newer `last` wins a tie.
-pub fn merge_cursors(mut runs: Vec<RunCursor>, out: &mut BlockWriter) -> Result<(), MalformedBlock> {
+pub fn merge_cursors(
+    mut runs: Vec<RunCursor>,
+    out: &mut BlockWriter,
+) -> Result<(), MalformedBlock> {
     loop {
         let mut best: Option<usize> = None;
         for i in 0..runs.len() {
@@ -592,7 +605,10 @@ mod tests {
                         ..agg(n, 0)
                     },
                 };
-                (key(&format!("key-{:03}-", i % 7 * 100 + i / 1000), start), a)
+                (
+                    key(&format!("key-{:03}-", i % 7 * 100 + i / 1000), start),
+                    a,
+                )
             })
             .collect();
         let mut entries = sort_entries(entries);
@@ -617,7 +633,10 @@ mod tests {
             for _ in 0..50 {
                 let target = match rnd() % 3 {
                     0 => all[(rnd() % all.len() as u64) as usize].0.clone(),
-                    1 => key(&format!("key-{:03}-", rnd() % 800), (rnd() % 2000) as i64 * 1000 - 1_000_000),
+                    1 => key(
+                        &format!("key-{:03}-", rnd() % 800),
+                        (rnd() % 2000) as i64 * 1000 - 1_000_000,
+                    ),
                     _ => vec![(rnd() % 256) as u8],
                 };
                 let mut r = BlockReader::new(b).unwrap();
@@ -631,7 +650,13 @@ mod tests {
                 let got: Vec<&Entry> = seen.iter().filter(|(k, _)| *k >= target).collect();
                 assert_eq!(got.len(), want.len());
                 assert!(got.iter().zip(&want).all(|(g, w)| g.0 == w.0));
-                assert!(seen.len() - got.len() <= RESTART_INTERVAL as usize, "{} read before the target, {} after, block of {}", seen.len() - got.len(), got.len(), all.len());
+                assert!(
+                    seen.len() - got.len() <= RESTART_INTERVAL as usize,
+                    "{} read before the target, {} after, block of {}",
+                    seen.len() - got.len(),
+                    got.len(),
+                    all.len()
+                );
             }
         }
         // Counter tiles of neighbouring keys take a few bytes each.
@@ -646,7 +671,10 @@ mod tests {
             })
             .collect();
         let packed: usize = encode_blocks(&counters).iter().map(|(_, b)| b.len()).sum();
-        assert!(packed <= 12 * counters.len(), "{packed} bytes for 1000 counter tiles");
+        assert!(
+            packed <= 12 * counters.len(),
+            "{packed} bytes for 1000 counter tiles"
+        );
         // Malformed input is an error, never a panic.
         assert!(decode_block(&[5, 0, 1]).is_err());
         for (_, b) in blocks.iter().take(2) {
@@ -736,6 +764,9 @@ mod writer_tests {
             !w.push(&tests::key("a", 0), &TileAgg::of(1.0, 1)),
             "out of order is refused"
         );
-        assert!(!w.push(b"short", &TileAgg::of(1.0, 1)), "a key needs a tile start");
+        assert!(
+            !w.push(b"short", &TileAgg::of(1.0, 1)),
+            "a key needs a tile start"
+        );
     }
 }

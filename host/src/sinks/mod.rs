@@ -4,8 +4,9 @@
 //! are flushed and synced before each checkpoint commits, so a committed
 //! position never points past a dead letter that was not written.
 //!
-//! Bucketed (SMB) outputs will live here too.
+//! `smb/` holds the sort-merge-bucket outputs (issue #3, in progress).
 
 mod ndjson;
+pub mod smb;
 
 pub use ndjson::{DeadLetter, NdjsonSink};

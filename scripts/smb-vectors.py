@@ -9,26 +9,11 @@ bucket abs(h) % 8 with Java's Math.abs. Usage (needs `pip install mmh3`):
     python3 scripts/smb-vectors.py > host/src/sinks/smb/testdata/bucket-vectors.tsv
 """
 import json
-import struct
+import os
+import sys
 
-import mmh3
-
-
-def nested(key: str) -> bytes:
-    b = key.encode("utf-8")
-    n, out = len(b), bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + b
-
-
-def java_bucket(h: int, buckets: int) -> int:
-    a = -h if h < 0 else h  # never MIN_VALUE among these keys (asserted below)
-    assert a < 2**31
-    return a % buckets
-
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from smb_check import as_int, java_bucket, nested  # noqa: E402
 
 keys = ["", "a", "user-1", "post-12345", "café", "日本語のキー", "🎉 emoji", "x" * 127, "y" * 128, "z" * 300]
 keys += ["k" * n for n in range(1, 40)]  # every tail length of 4- and 16-byte blocks
@@ -36,6 +21,5 @@ keys += [f"user-{i}" for i in range(0, 1000, 97)]
 print("# key (JSON)\tmurmur3_32 asInt\tmurmur3_128 asInt\tbucket of 8 (32)\tbucket of 8 (128)")
 for k in keys:
     e = nested(k)
-    h32 = mmh3.hash(e, 0, signed=True)
-    h128 = struct.unpack("<i", mmh3.hash_bytes(e, 0, x64arch=True)[:4])[0]
+    h32, h128 = as_int("MURMUR3_32", e), as_int("MURMUR3_128", e)
     print(f"{json.dumps(k, ensure_ascii=False)}\t{h32}\t{h128}\t{java_bucket(h32, 8)}\t{java_bucket(h128, 8)}")

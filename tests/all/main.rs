@@ -4,6 +4,7 @@
 mod containment;
 mod http;
 mod restart;
+mod smb;
 mod sources;
 mod support;
 mod windows;

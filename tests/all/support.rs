@@ -281,3 +281,47 @@ pub fn captured_log() -> CapturedLog {
     })
     .clone()
 }
+
+/// A Python with fastavro and mmh3 (independent Avro reader and murmur3),
+/// in a virtualenv cached outside the clone (`~/.cache/tessera/pyenv`),
+/// created on first use from PyPI. Returns the interpreter.
+pub fn python_with_avro() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let env = home.join(".cache/tessera/pyenv");
+        let python = env.join("bin/python");
+        let ready = |p: &Path| {
+            std::process::Command::new(p)
+                .args(["-c", "import fastavro, mmh3"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ready(&python) {
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&env)
+                .status()
+                .is_ok_and(|s| s.success())
+                && std::process::Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "fastavro==1.12.1",
+                        "mmh3==5.2.0",
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(
+                ok && ready(&python),
+                "could not set up {} with fastavro and mmh3 from PyPI",
+                env.display()
+            );
+        }
+        python
+    })
+}

@@ -8,8 +8,11 @@
 //! Issue #3 builds the writer (sorter, Avro files, committer), storage
 //! (local and S3), the reader and the sort-merge join on these.
 
+pub mod avro;
 pub mod bucketer;
 pub mod metadata;
+pub mod writer;
 
 pub use bucketer::{bucket_of, encode_key, HashType};
 pub use metadata::{BucketMetadata, LayoutError};
+pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

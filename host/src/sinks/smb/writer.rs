@@ -1,0 +1,462 @@
+//! Writes one SMB partition directory: buckets records by key, sorts each
+//! bucket by encoded key bytes (spilling sorted runs to disk once the
+//! buffered records pass a memory budget, then merging them), and commits:
+//! bucket files are written to a staging directory, moved into place, and
+//! `metadata.json` is moved in last. A directory with `metadata.json` is
+//! complete; one without it is not committed, whatever else it holds.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+
+use super::avro::{Codec, ContainerWriter};
+use super::bucketer::{bucket_of, encode_key, HashType};
+use super::metadata::{BucketMetadata, LayoutError};
+
+/// What one SMB output looks like.
+#[derive(Clone, Debug)]
+pub struct SmbSpec {
+    /// The Avro record schema of the files (JSON).
+    pub schema_json: String,
+    /// The key field: a string field of the record, nested fields by `.`.
+    pub key_field: String,
+    pub num_buckets: u32,
+    /// Files per bucket (records of a bucket go round-robin to its shards,
+    /// each sorted); more than 1 spreads a skewed bucket.
+    pub num_shards: u32,
+    pub hash_type: HashType,
+    pub codec: Codec,
+    /// Bytes of encoded records held in memory before sorted runs spill to disk.
+    pub memory_budget: usize,
+}
+
+/// Why writing an SMB partition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SmbError {
+    #[error("SMB layout: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("SMB schema: {0}")]
+    Schema(String),
+    /// This record cannot be written (the others are unaffected).
+    #[error("record rejected: {0}")]
+    Record(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("partition {0} is already committed (late data goes to a sibling directory)")]
+    AlreadyCommitted(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
+    move |source| SmbError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A buffered record: encoded key then encoded datum, and the key's length.
+struct Buffered {
+    bytes: Box<[u8]>,
+    key_len: u32,
+}
+
+impl Buffered {
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+    fn datum(&self) -> &[u8] {
+        &self.bytes[self.key_len as usize..]
+    }
+}
+
+/// What a committed partition holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSummary {
+    pub dir: PathBuf,
+    pub records: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub spilled_runs: usize,
+}
+
+/// Builds one partition; [`PartitionWriter::commit`] writes it.
+pub struct PartitionWriter {
+    spec: SmbSpec,
+    meta: BucketMetadata,
+    schema: Schema,
+    key_path: Vec<String>,
+    /// Per file slot (bucket × shards + shard): buffered records.
+    slots: Vec<Vec<Buffered>>,
+    /// Per file slot: spilled sorted runs.
+    spills: Vec<Vec<PathBuf>>,
+    next_shard: Vec<u32>,
+    buffered_bytes: usize,
+    spill_dir: PathBuf,
+    records: u64,
+    key_buf: Vec<u8>,
+    datum_buf: Vec<u8>,
+}
+
+impl PartitionWriter {
+    /// Checks the spec (layout, schema, key field) before anything is written;
+    /// spilled runs go under `spill_dir` (created, and removed on drop).
+    pub fn new(spec: SmbSpec, spill_dir: &Path) -> Result<Self, SmbError> {
+        let meta = BucketMetadata::avro(
+            spec.num_buckets,
+            spec.num_shards,
+            spec.hash_type,
+            &spec.key_field,
+        )?;
+        let schema =
+            Schema::parse_str(&spec.schema_json).map_err(|e| SmbError::Schema(e.to_string()))?;
+        let key_path: Vec<String> = spec.key_field.split('.').map(str::to_string).collect();
+        check_key_field(&schema, &key_path)?;
+        let slots = (spec.num_buckets * spec.num_shards) as usize;
+        std::fs::create_dir_all(spill_dir).map_err(io_err(spill_dir))?;
+        Ok(PartitionWriter {
+            meta,
+            schema,
+            key_path,
+            slots: (0..slots).map(|_| Vec::new()).collect(),
+            spills: vec![Vec::new(); slots],
+            next_shard: vec![0; spec.num_buckets as usize],
+            buffered_bytes: 0,
+            spill_dir: spill_dir.to_path_buf(),
+            records: 0,
+            key_buf: Vec::new(),
+            datum_buf: Vec::new(),
+            spec,
+        })
+    }
+
+    pub fn metadata(&self) -> &BucketMetadata {
+        &self.meta
+    }
+
+    /// Adds a record. A record whose key is missing or not a string, or that
+    /// does not match the schema, is refused with [`SmbError::Record`] and
+    /// changes nothing.
+    pub fn add(&mut self, record: &Value) -> Result<(), SmbError> {
+        let key = key_of(record, &self.key_path)?;
+        self.key_buf.clear();
+        encode_key(key, &mut self.key_buf);
+        let bucket = bucket_of(self.spec.hash_type, &self.key_buf, self.spec.num_buckets)
+            .ok_or_else(|| {
+                SmbError::Record(format!(
+                    "key {key:?} hashes to i32::MIN, which Beam cannot bucket"
+                ))
+            })?;
+        self.datum_buf.clear();
+        let writer = GenericDatumWriter::builder(&self.schema)
+            .build()
+            .map_err(|e| SmbError::Schema(e.to_string()))?;
+        writer
+            .write_value_ref(&mut self.datum_buf, record)
+            .map_err(|e| SmbError::Record(format!("does not match the schema: {e}")))?;
+        let shard = &mut self.next_shard[bucket as usize];
+        let slot = (bucket * self.spec.num_shards + *shard) as usize;
+        *shard = (*shard + 1) % self.spec.num_shards;
+        let mut bytes = Vec::with_capacity(self.key_buf.len() + self.datum_buf.len());
+        bytes.extend_from_slice(&self.key_buf);
+        bytes.extend_from_slice(&self.datum_buf);
+        self.buffered_bytes += bytes.len() + std::mem::size_of::<Buffered>();
+        self.slots[slot].push(Buffered {
+            bytes: bytes.into_boxed_slice(),
+            key_len: self.key_buf.len() as u32,
+        });
+        self.records += 1;
+        if self.buffered_bytes > self.spec.memory_budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts every buffered slot and writes it as a run file.
+    fn spill(&mut self) -> Result<(), SmbError> {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.is_empty() {
+                continue;
+            }
+            slot.sort_by(|a, b| a.key().cmp(b.key()));
+            let path = self
+                .spill_dir
+                .join(format!("run-{i}-{}", self.spills[i].len()));
+            let file = File::create(&path).map_err(io_err(&path))?;
+            let mut w = BufWriter::new(file);
+            for r in slot.drain(..) {
+                w.write_all(&(r.key_len).to_le_bytes())
+                    .and_then(|_| w.write_all(&(r.bytes.len() as u32 - r.key_len).to_le_bytes()))
+                    .and_then(|_| w.write_all(&r.bytes))
+                    .map_err(io_err(&path))?;
+            }
+            w.flush().map_err(io_err(&path))?;
+            self.spills[i].push(path);
+        }
+        self.buffered_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes every bucket file (empty ones too) and commits the partition
+    /// into `dir`: files are staged beside it, moved in, `metadata.json` last.
+    pub fn commit(mut self, dir: &Path) -> Result<PartitionSummary, SmbError> {
+        if dir.join("metadata.json").exists() {
+            return Err(SmbError::AlreadyCommitted(dir.display().to_string()));
+        }
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        let mut files = Vec::new();
+        let mut bytes = 0u64;
+        let sync = sync_marker(dir);
+        for bucket in 0..self.spec.num_buckets {
+            for shard in 0..self.spec.num_shards {
+                let slot = (bucket * self.spec.num_shards + shard) as usize;
+                let file_name = self.meta.file_name(bucket, shard);
+                let path = staging.join(&file_name);
+                let file = File::create(&path).map_err(io_err(&path))?;
+                let mut w = ContainerWriter::new(
+                    BufWriter::new(file),
+                    &self.spec.schema_json,
+                    self.spec.codec,
+                    sync,
+                )
+                .map_err(io_err(&path))?;
+                let mut memory = std::mem::take(&mut self.slots[slot]);
+                memory.sort_by(|a, b| a.key().cmp(b.key()));
+                merge_sorted(memory, &self.spills[slot], |_, datum| {
+                    w.append_encoded(datum)
+                })
+                .map_err(io_err(&path))?;
+                let (buf, _) = w.finish().map_err(io_err(&path))?;
+                let file = buf
+                    .into_inner()
+                    .map_err(|e| io_err(&path)(e.into_error()))?;
+                file.sync_all().map_err(io_err(&path))?;
+                bytes += file.metadata().map_err(io_err(&path))?.len();
+                files.push(file_name);
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        for f in &files {
+            let to = dir.join(f);
+            std::fs::rename(staging.join(f), &to).map_err(io_err(&to))?;
+        }
+        let meta_path = staging.join("metadata.json");
+        std::fs::write(&meta_path, self.meta.to_json()).map_err(io_err(&meta_path))?;
+        File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&meta_path))?;
+        // Every bucket file is in place before the marker appears.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        std::fs::rename(&meta_path, dir.join("metadata.json")).map_err(io_err(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        Ok(PartitionSummary {
+            dir: dir.to_path_buf(),
+            records: self.records,
+            files: files.len(),
+            bytes,
+            spilled_runs: self.spills.iter().map(Vec::len).sum(),
+        })
+    }
+}
+
+impl Drop for PartitionWriter {
+    fn drop(&mut self) {
+        for p in self.spills.iter().flatten() {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir(&self.spill_dir);
+    }
+}
+
+/// A sync marker that differs between partitions (Avro only needs it to be
+/// unlikely to occur in the data).
+fn sync_marker(dir: &Path) -> [u8; 16] {
+    let seed = format!("{}{:?}", dir.display(), std::time::SystemTime::now());
+    let (a, b) = super::bucketer::murmur3_x64_128(seed.as_bytes(), 0x5eed);
+    let mut s = [0u8; 16];
+    s[..8].copy_from_slice(&a.to_le_bytes());
+    s[8..].copy_from_slice(&b.to_le_bytes());
+    s
+}
+
+/// Checks that the key path names a string (or nullable string) field.
+fn check_key_field(schema: &Schema, path: &[String]) -> Result<(), SmbError> {
+    let mut current = schema;
+    for (i, name) in path.iter().enumerate() {
+        let Schema::Record(r) = current else {
+            return Err(SmbError::Schema(format!(
+                "key field `{}`: `{}` is not a record",
+                path.join("."),
+                path[..i].join(".")
+            )));
+        };
+        let field = r.fields.iter().find(|f| &f.name == name).ok_or_else(|| {
+            SmbError::Schema(format!(
+                "key field `{}`: no field `{name}` in the schema",
+                path.join(".")
+            ))
+        })?;
+        current = &field.schema;
+        if let Schema::Union(u) = current {
+            if let Some(s) = u.variants().iter().find(|s| !matches!(s, Schema::Null)) {
+                current = s;
+            }
+        }
+    }
+    if !matches!(current, Schema::String) {
+        return Err(SmbError::Schema(format!(
+            "key field `{}` must be a string (keyClass java.lang.String)",
+            path.join(".")
+        )));
+    }
+    Ok(())
+}
+
+/// The key string of a record.
+fn key_of<'v>(record: &'v Value, path: &[String]) -> Result<&'v str, SmbError> {
+    let mut current = record;
+    for name in path {
+        if let Value::Union(_, inner) = current {
+            current = inner;
+        }
+        let Value::Record(fields) = current else {
+            return Err(SmbError::Record(format!(
+                "key field `{}`: not a record",
+                path.join(".")
+            )));
+        };
+        current = fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| SmbError::Record(format!("no key field `{}`", path.join("."))))?;
+    }
+    if let Value::Union(_, inner) = current {
+        current = inner;
+    }
+    match current {
+        Value::String(s) => Ok(s),
+        Value::Null => Err(SmbError::Record(format!(
+            "key field `{}` is null",
+            path.join(".")
+        ))),
+        other => Err(SmbError::Record(format!(
+            "key field `{}` is not a string: {other:?}",
+            path.join(".")
+        ))),
+    }
+}
+
+/// One sorted source of (key, datum) in a k-way merge.
+struct RunReader {
+    reader: BufReader<File>,
+    key: Vec<u8>,
+    datum: Vec<u8>,
+    /// Source index: ties go to the lower one, keeping arrival order.
+    order: usize,
+}
+
+impl RunReader {
+    fn next(&mut self) -> std::io::Result<bool> {
+        let mut len = [0u8; 8];
+        match self.reader.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let k = u32::from_le_bytes(len[..4].try_into().expect("4")) as usize;
+        let d = u32::from_le_bytes(len[4..].try_into().expect("4")) as usize;
+        self.key.resize(k, 0);
+        self.datum.resize(d, 0);
+        self.reader.read_exact(&mut self.key)?;
+        self.reader.read_exact(&mut self.datum)?;
+        Ok(true)
+    }
+}
+
+impl PartialEq for RunReader {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for RunReader {}
+impl PartialOrd for RunReader {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for RunReader {
+    /// Reversed: `BinaryHeap` is a max-heap and the merge wants the smallest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.key.cmp(&self.key).then(other.order.cmp(&self.order))
+    }
+}
+
+/// Calls `emit` with every (key, datum) of the spilled runs (oldest first)
+/// and the in-memory records, in key order; equal keys keep arrival order.
+fn merge_sorted(
+    memory: Vec<Buffered>,
+    runs: &[PathBuf],
+    mut emit: impl FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if runs.is_empty() {
+        for r in &memory {
+            emit(r.key(), r.datum())?;
+        }
+        return Ok(());
+    }
+    let mut heap = BinaryHeap::new();
+    for (order, path) in runs.iter().enumerate() {
+        let mut r = RunReader {
+            reader: BufReader::with_capacity(64 * 1024, File::open(path)?),
+            key: Vec::new(),
+            datum: Vec::new(),
+            order,
+        };
+        if r.next()? {
+            heap.push(r);
+        }
+    }
+    // The in-memory records are the newest source.
+    let mut mem = memory.iter().peekable();
+    loop {
+        let take_mem = match (heap.peek(), mem.peek()) {
+            (None, None) => return Ok(()),
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(h), Some(m)) => m.key() < h.key.as_slice(),
+        };
+        if take_mem {
+            let m = mem.next().expect("peeked");
+            emit(m.key(), m.datum())?;
+        } else {
+            let mut top = heap.pop().expect("peeked");
+            emit(&top.key, &top.datum)?;
+            if top.next()? {
+                heap.push(top);
+            }
+        }
+    }
+}

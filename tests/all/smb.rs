@@ -1,0 +1,236 @@
+//! SMB partitions written by `tessera::sinks::smb` and read back by an
+//! independent reader (Python's fastavro, with buckets recomputed by mmh3).
+
+use std::path::Path;
+
+use apache_avro::types::Value;
+use tessera::sinks::smb::{avro::Codec, HashType, PartitionWriter, SmbError, SmbSpec};
+
+use crate::support;
+
+const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"tessera.test","fields":[
+  {"name":"user","type":{"type":"record","name":"User","fields":[{"name":"id","type":["null","string"]}]}},
+  {"name":"ts","type":"long"},
+  {"name":"kind","type":"string"}]}"#;
+
+fn spec(buckets: u32, shards: u32, hash: HashType, codec: Codec, budget: usize) -> SmbSpec {
+    SmbSpec {
+        schema_json: SCHEMA.into(),
+        key_field: "user.id".into(),
+        num_buckets: buckets,
+        num_shards: shards,
+        hash_type: hash,
+        codec,
+        memory_budget: budget,
+    }
+}
+
+fn event(user: Option<&str>, ts: i64, kind: &str) -> Value {
+    Value::Record(vec![
+        (
+            "user".into(),
+            Value::Record(vec![(
+                "id".into(),
+                match user {
+                    Some(u) => Value::Union(1, Box::new(Value::String(u.into()))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            )]),
+        ),
+        ("ts".into(), Value::Long(ts)),
+        ("kind".into(), Value::String(kind.into())),
+    ])
+}
+
+/// Runs the independent checker; returns (bucket, shard, key, ts) per record.
+fn check(dir: &Path, codec: &str) -> Vec<(u32, u32, String, i64)> {
+    let out = std::process::Command::new(support::python_with_avro())
+        .arg(support::workspace_root().join("tests/smb_check.py"))
+        .arg(dir)
+        .arg(codec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smb_check.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_u64().unwrap() as u32,
+                r[1].as_u64().unwrap() as u32,
+                r[2].as_str().unwrap().to_string(),
+                r[3]["ts"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Keys with Unicode and lengths across the varint boundary; a tiny memory
+/// budget forces external sorting, and both layouts must give the same files.
+#[test]
+fn partitions_read_back_bucketed_and_sorted_by_an_independent_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let keys: Vec<String> = (0..300)
+        .map(|i| match i % 4 {
+            0 => format!("user-{i}"),
+            1 => format!("ünïcode-{i}-日本"),
+            2 => "k".repeat(120 + i % 20),
+            _ => format!("{i}"),
+        })
+        .collect();
+    let mut input: Vec<(String, i64)> = Vec::new();
+    for i in 0..6000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        input.push((keys[(x % keys.len() as u64) as usize].clone(), i));
+    }
+    for (name, shards, hash, codec, budget) in [
+        (
+            "in-memory",
+            1,
+            HashType::Murmur3_128,
+            Codec::Deflate(6),
+            usize::MAX,
+        ),
+        (
+            "spilled",
+            1,
+            HashType::Murmur3_128,
+            Codec::Deflate(6),
+            20_000,
+        ),
+        ("sharded-32", 3, HashType::Murmur3_32, Codec::Null, 50_000),
+    ] {
+        let mut w = PartitionWriter::new(
+            spec(16, shards, hash, codec, budget),
+            &dir.path().join(format!("spill-{name}")),
+        )
+        .unwrap();
+        for (k, ts) in &input {
+            w.add(&event(Some(k), *ts, "view")).unwrap();
+        }
+        let out = dir
+            .path()
+            .join(name)
+            .join("date=2026-11-23")
+            .join("hour=03");
+        let summary = w.commit(&out).unwrap();
+        assert_eq!(summary.records, input.len() as u64);
+        assert_eq!(summary.files, 16 * shards as usize);
+        assert_eq!(
+            summary.spilled_runs > 0,
+            budget < usize::MAX,
+            "{name}: {summary:?}"
+        );
+        let got = check(
+            &out,
+            if codec == Codec::Null {
+                "null"
+            } else {
+                "deflate"
+            },
+        );
+        // Every record once; equal keys keep their arrival order (stable sort and merge).
+        let mut want = input.clone();
+        want.sort_by_key(|(k, ts)| (k.clone(), *ts));
+        let mut back: Vec<(String, i64)> =
+            got.iter().map(|(_, _, k, ts)| (k.clone(), *ts)).collect();
+        back.sort();
+        assert_eq!(back, want, "{name}");
+        for shard_group in got.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1 && a.2 == b.2) {
+            assert!(
+                shard_group.windows(2).all(|w| w[0].3 < w[1].3),
+                "{name}: arrival order within a key"
+            );
+        }
+        let used: std::collections::BTreeSet<u32> = got.iter().map(|r| r.1).collect();
+        assert_eq!(
+            used.len(),
+            shards as usize,
+            "{name}: every shard gets records"
+        );
+        // No staging left behind; committing the same partition again is refused.
+        let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains("staging"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let again = PartitionWriter::new(
+            spec(16, shards, hash, codec, budget),
+            &dir.path().join("spill-again"),
+        )
+        .unwrap();
+        assert!(matches!(
+            again.commit(&out),
+            Err(SmbError::AlreadyCommitted(_))
+        ));
+    }
+}
+
+/// Empty partitions still get every bucket file; bad records and bad specs
+/// are refused with the reason and change nothing.
+#[test]
+fn empty_buckets_bad_records_and_bad_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = PartitionWriter::new(
+        spec(8, 1, HashType::Murmur3_128, Codec::Deflate(6), 1 << 20),
+        &dir.path().join("spill"),
+    )
+    .unwrap();
+    let null_key = w.add(&event(None, 1, "view")).unwrap_err().to_string();
+    assert!(
+        null_key.contains("key field `user.id` is null"),
+        "{null_key}"
+    );
+    let bad = Value::Record(vec![("ts".into(), Value::Long(1))]);
+    assert!(w
+        .add(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("no key field"));
+    let mut wrong_type = event(Some("u"), 1, "view");
+    if let Value::Record(f) = &mut wrong_type {
+        f[1].1 = Value::String("not a long".into());
+    }
+    assert!(w
+        .add(&wrong_type)
+        .unwrap_err()
+        .to_string()
+        .contains("does not match the schema"));
+    w.add(&event(Some("only-one"), 5, "like")).unwrap();
+    let out = dir.path().join("p");
+    let s = w.commit(&out).unwrap();
+    assert_eq!((s.records, s.files), (1, 8));
+    assert_eq!(check(&out, "deflate").len(), 1);
+
+    let spill = dir.path().join("spill2");
+    for (buckets, key, want) in [
+        (12, "user.id", "power of two"),
+        (8, "user.nope", "no field `nope`"),
+        (8, "ts", "must be a string"),
+        (8, "kind.x", "is not a record"),
+    ] {
+        let mut s = spec(buckets, 1, HashType::Murmur3_128, Codec::Null, 1 << 20);
+        s.key_field = key.into();
+        let err = PartitionWriter::new(s, &spill)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let mut s = spec(8, 1, HashType::Murmur3_128, Codec::Null, 1 << 20);
+    s.schema_json = "{not json".into();
+    assert!(matches!(
+        PartitionWriter::new(s, &spill),
+        Err(SmbError::Schema(_))
+    ));
+}

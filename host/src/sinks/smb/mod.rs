@@ -11,8 +11,10 @@
 pub mod avro;
 pub mod bucketer;
 pub mod metadata;
+pub mod reader;
 pub mod writer;
 
 pub use bucketer::{bucket_of, encode_key, HashType};
 pub use metadata::{BucketMetadata, LayoutError};
+pub use reader::{smb_join, JoinStats, SmbSource};
 pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

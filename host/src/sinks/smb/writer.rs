@@ -335,7 +335,7 @@ fn check_key_field(schema: &Schema, path: &[String]) -> Result<(), SmbError> {
 }
 
 /// The key string of a record.
-fn key_of<'v>(record: &'v Value, path: &[String]) -> Result<&'v str, SmbError> {
+pub(super) fn key_of<'v>(record: &'v Value, path: &[String]) -> Result<&'v str, SmbError> {
     let mut current = record;
     for name in path {
         if let Value::Union(_, inner) = current {

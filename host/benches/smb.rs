@@ -32,11 +32,15 @@ fn events(n: usize, users: u64) -> Vec<Value> {
     let types = ["view", "view", "view", "like", "share"];
     (0..n)
         .map(|i| {
-            let zipf = ((next() % 1_000_000) as f64 / 1e6 * (users as f64 + 1.0).ln()).exp() as u64 - 1;
+            let zipf =
+                ((next() % 1_000_000) as f64 / 1e6 * (users as f64 + 1.0).ln()).exp() as u64 - 1;
             let ty = types[(next() % 5) as usize];
             Value::Record(vec![
                 ("user_id".into(), Value::String(format!("user-{zipf}"))),
-                ("post_id".into(), Value::String(format!("post-{}", next() % 100_000))),
+                (
+                    "post_id".into(),
+                    Value::String(format!("post-{}", next() % 100_000)),
+                ),
                 ("type".into(), Value::String(ty.into())),
                 ("ts".into(), Value::Long(1_795_392_000_000 + i as i64 * 3)),
                 (
@@ -58,7 +62,10 @@ fn profiles(users: u64) -> Vec<Value> {
         .map(|u| {
             Value::Record(vec![
                 ("user_id".into(), Value::String(format!("user-{u}"))),
-                ("country".into(), Value::String(["se", "in", "br", "us"][(next() % 4) as usize].into())),
+                (
+                    "country".into(),
+                    Value::String(["se", "in", "br", "us"][(next() % 4) as usize].into()),
+                ),
                 ("age".into(), Value::Int(13 + (next() % 60) as i32)),
             ])
         })
@@ -95,15 +102,28 @@ fn key_of(v: &Value) -> &str {
 }
 
 fn main() {
-    let n: usize = std::env::var("TESSERA_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let runs: usize = std::env::var("TESSERA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n: usize = std::env::var("TESSERA_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runs: usize = std::env::var("TESSERA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let users = 200_000u64;
     let ev = events(n, users);
     let pr = profiles(users);
     let schema = apache_avro::Schema::parse_str(EVENT).unwrap();
     let encoded: usize = ev
         .iter()
-        .map(|v| apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(v.clone()).unwrap().len())
+        .map(|v| {
+            apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap()
+                .write_value_to_vec(v.clone())
+                .unwrap()
+                .len()
+        })
         .sum();
     let dir = tempfile::tempdir().unwrap();
     let mut write_times = Vec::new();
@@ -122,11 +142,14 @@ fn main() {
         out_bytes = s.bytes;
         left = Some(out);
         let t = Instant::now();
-        let mut w = PartitionWriter::new(spec_with(EVENT, 64, Codec::Null), &dir.path().join("spill")).unwrap();
+        let mut w =
+            PartitionWriter::new(spec_with(EVENT, 64, Codec::Null), &dir.path().join("spill"))
+                .unwrap();
         for v in &ev {
             w.add(v).unwrap();
         }
-        w.commit(&dir.path().join(format!("events-null-{run}"))).unwrap();
+        w.commit(&dir.path().join(format!("events-null-{run}")))
+            .unwrap();
         null_times.push(t.elapsed());
         let pout = dir.path().join(format!("profiles-{run}"));
         let mut w = PartitionWriter::new(spec(PROFILE, 16), &dir.path().join("spill")).unwrap();
@@ -141,8 +164,11 @@ fn main() {
         wt.as_secs_f64(), n as f64 / wt.as_secs_f64() / 1e6, encoded as f64 / wt.as_secs_f64() / 1e6, out_bytes as f64 / wt.as_secs_f64() / 1e6, out_bytes as f64 / 1e6);
 
     let nt = median(null_times);
-    println!("SMB write without compression (codec null), same run: median {:.2} s = {:.2} M records/s",
-        nt.as_secs_f64(), n as f64 / nt.as_secs_f64() / 1e6);
+    println!(
+        "SMB write without compression (codec null), same run: median {:.2} s = {:.2} M records/s",
+        nt.as_secs_f64(),
+        n as f64 / nt.as_secs_f64() / 1e6
+    );
 
     let left = SmbSource::open(&[left.unwrap()]).unwrap();
     let right = SmbSource::open(&[right.unwrap()]).unwrap();

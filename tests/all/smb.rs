@@ -370,3 +370,88 @@ fn smb_join_equals_a_hash_join_across_bucket_counts_and_late_siblings() {
     std::fs::create_dir_all(dir.path().join("half")).unwrap();
     assert!(SmbSource::open(&[dir.path().join("half")]).is_err());
 }
+
+/// Writes the crash test's partition and commits it; with the failpoint set
+/// (by [`a_crash_during_commit_never_leaves_a_committed_partial_directory`],
+/// which runs this as a child process) the commit aborts the process.
+#[test]
+#[ignore = "run as a child process by the crash test"]
+fn crash_child_commits_a_partition() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("TESSERA_SMB_CRASH_DIR").expect("set by the crash test"),
+    );
+    let mut w = PartitionWriter::new(
+        spec(8, 1, HashType::Murmur3_128, Codec::Deflate(6), usize::MAX),
+        &dir.join("spill"),
+    )
+    .unwrap();
+    for i in 0..2000 {
+        w.add(&event(Some(&format!("user-{}", i % 300)), i, "view"))
+            .unwrap();
+    }
+    w.commit(&dir.join("hour=03")).unwrap();
+}
+
+/// Kills a real process (abort) at every step of a commit: before any
+/// file, between files, after all files but before `metadata.json`. The
+/// partition is never readable half-written, and committing again completes it.
+#[test]
+fn a_crash_during_commit_never_leaves_a_committed_partial_directory() {
+    use tessera::sinks::smb::SmbSource;
+    for crash_after in [0usize, 3, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "smb::crash_child_commits_a_partition",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("TESSERA_SMB_CRASH_DIR", dir.path())
+            .env(
+                "TESSERA_FAILPOINT_SMB_COMMIT_CRASH",
+                crash_after.to_string(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            !status.success(),
+            "the child must die in the commit (crash after {crash_after})"
+        );
+        let part = dir.path().join("hour=03");
+        let moved = std::fs::read_dir(&part).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(moved, crash_after, "files moved before the crash");
+        assert!(
+            !part.join("metadata.json").exists(),
+            "no commit marker after a crash"
+        );
+        assert!(
+            SmbSource::open(std::slice::from_ref(&part)).is_err(),
+            "an uncommitted partition is not readable"
+        );
+        // The retry (same process kind, no failpoint) commits it whole.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "smb::crash_child_commits_a_partition",
+                "--exact",
+                "--ignored",
+            ])
+            .env("TESSERA_SMB_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(check(&part, "deflate").len(), 2000);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("staging"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the retry clears the crashed staging directory: {left:?}"
+        );
+    }
+}

@@ -216,7 +216,9 @@ impl PartitionWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+        // One writer per partition: a staging directory left by a crashed
+        // commit is cleared and reused.
+        let staging = parent.join(format!(".{name}.staging"));
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
@@ -253,9 +255,16 @@ impl PartitionWriter {
             }
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        for f in &files {
+        let crash_after = crash_failpoint();
+        for (moved, f) in files.iter().enumerate() {
+            if crash_after == Some(moved) {
+                std::process::abort();
+            }
             let to = dir.join(f);
             std::fs::rename(staging.join(f), &to).map_err(io_err(&to))?;
+        }
+        if crash_after == Some(files.len()) {
+            std::process::abort();
         }
         let meta_path = staging.join("metadata.json");
         std::fs::write(&meta_path, self.meta.to_json()).map_err(io_err(&meta_path))?;
@@ -288,6 +297,16 @@ impl Drop for PartitionWriter {
         }
         let _ = std::fs::remove_dir(&self.spill_dir);
     }
+}
+
+/// Test failpoint: with `TESSERA_FAILPOINT_SMB_COMMIT_CRASH=n` set, the
+/// process aborts during a commit after moving `n` bucket files into place
+/// (`n` = the file count: after all files, before `metadata.json`). The
+/// crash test uses it to kill a real process mid-commit.
+fn crash_failpoint() -> Option<usize> {
+    std::env::var("TESSERA_FAILPOINT_SMB_COMMIT_CRASH")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// A sync marker that differs between partitions (Avro only needs it to be

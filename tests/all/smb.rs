@@ -358,6 +358,50 @@ fn smb_join_equals_a_hash_join_across_bucket_counts_and_late_siblings() {
     assert_eq!(stats.right_records, profiles.len() as u64);
     assert_eq!(stats.keys_matched, want.len() as u64);
 
+    // The CLI gives the same join: counts on stdout, joined keys as JSON lines.
+    let rows = dir.path().join("joined.ndjson");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["smb", "join", "--left"])
+        .arg(dir.path().join("events/hour=03"))
+        .arg(dir.path().join("events/hour=03.late-1"))
+        .arg("--right")
+        .arg(dir.path().join("profiles"))
+        .arg("--out")
+        .arg(&rows)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts["keys_matched"], want.len() as u64);
+    assert_eq!(counts["pairs"], stats.pairs);
+    let lines = support::read_ndjson(&rows);
+    assert_eq!(lines.len(), want.len());
+    for l in &lines {
+        let key = l["key"].as_str().unwrap();
+        let mut ts: Vec<i64> = l["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ts"].as_i64().unwrap())
+            .collect();
+        ts.sort();
+        assert_eq!(ts, want[key].0, "{key}");
+        assert_eq!(l["right"][0]["country"].as_str().unwrap(), want[key].1[0]);
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["smb", "join", "--left"])
+        .arg(dir.path().join("nowhere"))
+        .arg("--right")
+        .arg(dir.path().join("profiles"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("opening the left SMB output"));
+
     // Sources that hash differently cannot be joined bucket by bucket.
     let other = write(
         spec(8, 1, HashType::Murmur3_32, Codec::Null, usize::MAX),

@@ -499,3 +499,90 @@ fn a_crash_during_commit_never_leaves_a_committed_partial_directory() {
         );
     }
 }
+
+/// Hourly partitions by event time, committed as time passes; late records
+/// for a committed hour land in a sibling directory, and `_commits.ndjson`
+/// lists every commit with what it amends. Each hour's directories, read
+/// together, hold exactly that hour's records.
+#[test]
+fn hourly_partitions_and_late_data_siblings() {
+    use tessera::sinks::smb::{CommittedPartition, Granularity, SmbOutput};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("views");
+    let mut out = SmbOutput::new(
+        &root,
+        spec(4, 1, HashType::Murmur3_128, Codec::Deflate(6), 1 << 20),
+        Granularity::Hourly,
+    )
+    .unwrap();
+    let t0 = 1_795_392_000_000i64; // 2026-11-23T00:00Z
+    let hour = 3_600_000i64;
+    let mut written: Vec<(i64, String)> = Vec::new();
+    let mut add = |out: &mut SmbOutput, t: i64, user: String| {
+        out.add(t, &event(Some(&user), t, "view")).unwrap();
+        written.push((t, user));
+    };
+    for i in 0..3000i64 {
+        let t = t0 + i * 3 * hour / 3000;
+        add(&mut out, t, format!("user-{}", i % 97));
+        // Commit hours as "the watermark" passes them.
+        if i == 1500 {
+            let c = out.commit_until(t).unwrap();
+            assert_eq!(c.len(), 1, "hour 0 is over");
+            assert_eq!(c[0].dir, "date=2026-11-23/hour=00");
+        }
+    }
+    // Late data for hour 0 (already committed) and hour 1 (still open).
+    for i in 0..40 {
+        add(&mut out, t0 + 10 * 60_000 + i, format!("late-{i}"));
+        add(&mut out, t0 + hour + i, format!("late-{i}"));
+    }
+    let committed = out.commit_all().unwrap();
+    assert_eq!(committed.len(), 3, "{committed:?}");
+    // Once more, late again for hour 0: a second sibling.
+    add(&mut out, t0 + 5, "later".into());
+    out.commit_all().unwrap();
+
+    let log: Vec<CommittedPartition> = support::read_ndjson(&root.join("_commits.ndjson"))
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    let dirs: Vec<(&str, bool)> = log.iter().map(|c| (c.dir.as_str(), c.amends)).collect();
+    assert_eq!(
+        dirs,
+        vec![
+            ("date=2026-11-23/hour=00", false),
+            ("date=2026-11-23/hour=00.late-0001", true),
+            ("date=2026-11-23/hour=01", false),
+            ("date=2026-11-23/hour=02", false),
+            ("date=2026-11-23/hour=00.late-0002", true),
+        ]
+    );
+    assert!(log
+        .iter()
+        .all(|c| c.event_time_end_ms - c.event_time_start_ms == hour && c.landed_at_ms > 0));
+    for h in 0..3 {
+        let start = t0 + h * hour;
+        let mut want: Vec<String> = written
+            .iter()
+            .filter(|(t, _)| t.div_euclid(hour) * hour == start)
+            .map(|(_, u)| u.clone())
+            .collect();
+        want.sort();
+        let mut got: Vec<String> = out
+            .committed_dirs(start)
+            .iter()
+            .flat_map(|d| check(d, "deflate"))
+            .map(|(_, _, k, _)| k)
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "hour {h}");
+        let records: u64 = log
+            .iter()
+            .filter(|c| c.event_time_start_ms == start)
+            .map(|c| c.records)
+            .sum();
+        assert_eq!(records as usize, want.len());
+    }
+    assert!(out.open_partitions().is_empty());
+}

@@ -4,17 +4,22 @@
 //!
 //! - `bucketer.rs`: key encoding, Guava-compatible murmur3 and bucket ids.
 //! - `metadata.rs`: `metadata.json` and the file names.
+//! - `avro.rs`: an Avro container writer for already-encoded datums.
+//! - `writer.rs`: one partition: bucket, sort (external), staged commit.
+//! - `output.rs`: partitions by event time, late-data siblings, `_commits.ndjson`.
+//! - `reader.rs`: reading outputs back and the sort-merge join.
 //!
-//! Issue #3 builds the writer (sorter, Avro files, committer), storage
-//! (local and S3), the reader and the sort-merge join on these.
+//! Still to come (issue #3): S3-compatible storage, wiring into the pipeline.
 
 pub mod avro;
 pub mod bucketer;
 pub mod metadata;
+pub mod output;
 pub mod reader;
 pub mod writer;
 
 pub use bucketer::{bucket_of, encode_key, HashType};
 pub use metadata::{BucketMetadata, LayoutError};
+pub use output::{CommittedPartition, Granularity, SmbOutput};
 pub use reader::{smb_join, JoinStats, SmbSource};
 pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

@@ -5,7 +5,7 @@
 //! Layout (Avro 1.11 spec, "Object Container Files"): magic `Obj\x01`, the
 //! file metadata map (`avro.schema`, `avro.codec`), a 16-byte sync marker,
 //! then blocks of `count long | size long | data | sync`. Codec `deflate` is
-//! raw DEFLATE (RFC 1951); blocks are cut at ~64 KB of datums, as Avro's
+//! raw DEFLATE (RFC 1951, zlib-rs through flate2); blocks are cut at ~64 KB of datums, as Avro's
 //! Java writer does by default.
 
 use std::io::Write;
@@ -43,6 +43,8 @@ pub struct ContainerWriter<W: Write> {
     block: Vec<u8>,
     block_count: i64,
     frame: Vec<u8>,
+    /// The compression buffer, reused between blocks.
+    compressed: Vec<u8>,
     records: u64,
 }
 
@@ -77,6 +79,7 @@ impl<W: Write> ContainerWriter<W> {
             block: Vec::with_capacity(BLOCK_BYTES + 1024),
             block_count: 0,
             frame: Vec::new(),
+            compressed: Vec::new(),
             records: 0,
         })
     }
@@ -96,13 +99,17 @@ impl<W: Write> ContainerWriter<W> {
         if self.block_count == 0 {
             return Ok(());
         }
-        let compressed;
+        if let Codec::Deflate(level) = self.codec {
+            let mut e = flate2::write::DeflateEncoder::new(
+                std::mem::take(&mut self.compressed),
+                flate2::Compression::new(u32::from(level.min(9))),
+            );
+            e.write_all(&self.block)?;
+            self.compressed = e.finish()?;
+        }
         let data: &[u8] = match self.codec {
             Codec::Null => &self.block,
-            Codec::Deflate(level) => {
-                compressed = miniz_oxide::deflate::compress_to_vec(&self.block, level.min(9));
-                &compressed
-            }
+            Codec::Deflate(_) => &self.compressed,
         };
         self.frame.clear();
         put_long(&mut self.frame, self.block_count);
@@ -111,6 +118,7 @@ impl<W: Write> ContainerWriter<W> {
         self.out.write_all(data)?;
         self.out.write_all(&self.sync)?;
         self.block.clear();
+        self.compressed.clear();
         self.block_count = 0;
         Ok(())
     }

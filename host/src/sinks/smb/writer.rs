@@ -63,6 +63,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
     }
 }
 
+self_cell::self_cell!(
+    /// The schema and a datum writer resolved against it once (the writer
+    /// borrows the schema, so both live in one cell).
+    struct DatumEncoder {
+        owner: Schema,
+        #[covariant]
+        dependent: GenericDatumWriter,
+    }
+);
+
 /// A buffered record: encoded key then encoded datum, and the key's length.
 struct Buffered {
     bytes: Box<[u8]>,
@@ -92,7 +102,7 @@ pub struct PartitionSummary {
 pub struct PartitionWriter {
     spec: SmbSpec,
     meta: BucketMetadata,
-    schema: Schema,
+    encoder: DatumEncoder,
     key_path: Vec<String>,
     /// Per file slot (bucket × shards + shard): buffered records.
     slots: Vec<Vec<Buffered>>,
@@ -120,11 +130,13 @@ impl PartitionWriter {
             Schema::parse_str(&spec.schema_json).map_err(|e| SmbError::Schema(e.to_string()))?;
         let key_path: Vec<String> = spec.key_field.split('.').map(str::to_string).collect();
         check_key_field(&schema, &key_path)?;
+        let encoder = DatumEncoder::try_new(schema, |s| GenericDatumWriter::builder(s).build())
+            .map_err(|e| SmbError::Schema(e.to_string()))?;
         let slots = (spec.num_buckets * spec.num_shards) as usize;
         std::fs::create_dir_all(spill_dir).map_err(io_err(spill_dir))?;
         Ok(PartitionWriter {
             meta,
-            schema,
+            encoder,
             key_path,
             slots: (0..slots).map(|_| Vec::new()).collect(),
             spills: vec![Vec::new(); slots],
@@ -156,10 +168,8 @@ impl PartitionWriter {
                 ))
             })?;
         self.datum_buf.clear();
-        let writer = GenericDatumWriter::builder(&self.schema)
-            .build()
-            .map_err(|e| SmbError::Schema(e.to_string()))?;
-        writer
+        self.encoder
+            .borrow_dependent()
             .write_value_ref(&mut self.datum_buf, record)
             .map_err(|e| SmbError::Record(format!("does not match the schema: {e}")))?;
         let shard = &mut self.next_shard[bucket as usize];

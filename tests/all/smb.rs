@@ -504,13 +504,10 @@ fn a_crash_during_commit_never_leaves_a_committed_partial_directory() {
 /// for a committed hour land in a sibling directory, and `_commits.ndjson`
 /// lists every commit with what it amends. Each hour's directories, read
 /// together, hold exactly that hour's records.
-#[test]
-fn hourly_partitions_and_late_data_siblings() {
-    use tessera::sinks::smb::{CommittedPartition, Granularity, SmbOutput};
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("views");
+fn hourly_partitions_and_late_siblings_at(root: tessera::sinks::smb::OutputRoot) {
+    use tessera::sinks::smb::{Granularity, SmbOutput};
     let mut out = SmbOutput::new(
-        &root,
+        root,
         spec(4, 1, HashType::Murmur3_128, Codec::Deflate(6), 1 << 20),
         Granularity::Hourly,
     )
@@ -543,10 +540,7 @@ fn hourly_partitions_and_late_data_siblings() {
     add(&mut out, t0 + 5, "later".into());
     out.commit_all().unwrap();
 
-    let log: Vec<CommittedPartition> = support::read_ndjson(&root.join("_commits.ndjson"))
-        .into_iter()
-        .map(|v| serde_json::from_value(v).unwrap())
-        .collect();
+    let log = out.commit_log().unwrap();
     let dirs: Vec<(&str, bool)> = log.iter().map(|c| (c.dir.as_str(), c.amends)).collect();
     assert_eq!(
         dirs,
@@ -571,6 +565,7 @@ fn hourly_partitions_and_late_data_siblings() {
         want.sort();
         let mut got: Vec<String> = out
             .committed_dirs(start)
+            .unwrap()
             .iter()
             .flat_map(|d| check(d, "deflate"))
             .map(|(_, _, k, _)| k)
@@ -585,4 +580,46 @@ fn hourly_partitions_and_late_data_siblings() {
         assert_eq!(records as usize, want.len());
     }
     assert!(out.open_partitions().is_empty());
+}
+
+#[test]
+fn hourly_partitions_and_late_data_siblings_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    hourly_partitions_and_late_siblings_at(tessera::sinks::smb::OutputRoot::local(
+        &dir.path().join("views"),
+    ));
+}
+
+/// The same on an S3-compatible server (moto, started by the tests).
+#[test]
+fn hourly_partitions_and_late_data_siblings_on_s3() {
+    use tessera::sinks::smb::{OutputRoot, S3Location};
+    let dir = tempfile::tempdir().unwrap();
+    let location = S3Location {
+        bucket: support::s3_bucket("smb-hourly"),
+        prefix: "outputs/views".into(),
+        endpoint: Some(support::s3_endpoint().to_string()),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+    };
+    let root = OutputRoot::s3(&location, dir.path()).unwrap();
+    hourly_partitions_and_late_siblings_at(root.clone());
+    // A partition never written is not committed.
+    assert!(!root.is_committed("date=2026-11-23/hour=05").unwrap());
+    // A bucket that does not exist is a clear error, not a panic.
+    let missing = S3Location {
+        bucket: "no-such-bucket".into(),
+        ..location
+    };
+    let bad = OutputRoot::s3(&missing, dir.path()).unwrap();
+    let err = bad
+        .is_committed("x")
+        .and_then(|_| bad.append_commit_line("{}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such-bucket") || err.to_lowercase().contains("bucket"),
+        "{err}"
+    );
 }

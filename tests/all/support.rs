@@ -325,3 +325,61 @@ pub fn python_with_avro() -> &'static Path {
         python
     })
 }
+
+/// An S3-compatible server for the whole test run: moto's server mode
+/// (PyPI, installed into the cached virtualenv), on a free loopback port.
+/// A watchdog shell stops it when the test process exits. Returns the
+/// endpoint URL.
+pub fn s3_endpoint() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let python = python_with_avro();
+        let bin = python.parent().unwrap();
+        let moto = bin.join("moto_server");
+        if !moto.exists() {
+            let ok = std::process::Command::new(python)
+                .args(["-m", "pip", "install", "-q", "moto[server]==5.2.5"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok && moto.exists(), "could not install moto[server] from PyPI");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let script = format!(
+            "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $m",
+            moto.display(),
+            std::process::id()
+        );
+        // Not waited for: the watchdog lives as long as this test process.
+        #[allow(clippy::zombie_processes)]
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        format!("http://127.0.0.1:{port}")
+    })
+}
+
+/// Creates a bucket on the test S3 server (named uniquely per call) and returns its name.
+pub fn s3_bucket(stem: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "{stem}-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let script = format!(
+        "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{name}')",
+        s3_endpoint()
+    );
+    let ok = std::process::Command::new(python_with_avro())
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "creating bucket {name}");
+    name
+}

@@ -9,12 +9,12 @@
 //! range, landing time): the record late-data consumers list amendments from.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
+use super::store::OutputRoot;
 use super::writer::{PartitionWriter, SmbError, SmbSpec};
 
 /// How event time is cut into partitions.
@@ -82,26 +82,26 @@ pub struct CommittedPartition {
 
 /// Partitions of one output being written.
 pub struct SmbOutput {
-    root: PathBuf,
+    root: OutputRoot,
     spec: SmbSpec,
     granularity: Granularity,
     open: BTreeMap<i64, PartitionWriter>,
 }
 
 impl SmbOutput {
-    /// An output rooted at `root` (created); the spec is checked now, so a
-    /// bad layout fails before any record.
-    pub fn new(root: &Path, spec: SmbSpec, granularity: Granularity) -> Result<Self, SmbError> {
-        std::fs::create_dir_all(root).map_err(|source| SmbError::Io {
-            path: root.display().to_string(),
-            source,
-        })?;
+    /// An output at `root`; the spec is checked now, so a bad layout fails
+    /// before any record.
+    pub fn new(
+        root: OutputRoot,
+        spec: SmbSpec,
+        granularity: Granularity,
+    ) -> Result<Self, SmbError> {
         drop(PartitionWriter::new(
             spec.clone(),
-            &root.join(".spill/check"),
+            &root.spill_dir().join("check"),
         )?);
         Ok(SmbOutput {
-            root: root.to_path_buf(),
+            root,
             spec,
             granularity,
             open: BTreeMap::new(),
@@ -114,11 +114,24 @@ impl SmbOutput {
         let size = self.granularity.millis();
         let start = event_time_ms.div_euclid(size) * size;
         if !self.open.contains_key(&start) {
-            let spill = self.root.join(".spill").join(start.to_string());
+            let spill = self.root.spill_dir().join(start.to_string());
             self.open
                 .insert(start, PartitionWriter::new(self.spec.clone(), &spill)?);
         }
         self.open.get_mut(&start).expect("inserted").add(record)
+    }
+
+    /// Every commit so far, from `_commits.ndjson`.
+    pub fn commit_log(&self) -> Result<Vec<CommittedPartition>, SmbError> {
+        self.root
+            .read_commit_log()?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| SmbError::Schema(format!("_commits.ndjson: {e}")))
+            })
+            .collect()
     }
 
     /// Start times of the partitions holding uncommitted records.
@@ -144,30 +157,32 @@ impl SmbOutput {
         self.commit_until(i64::MAX)
     }
 
+    /// `base` or its `n`-th late-data sibling.
+    fn sibling(base: &str, n: u32) -> String {
+        if n == 0 {
+            base.to_string()
+        } else {
+            format!("{base}.late-{n:04}")
+        }
+    }
+
     fn commit_partition(&mut self, start: i64) -> Result<CommittedPartition, SmbError> {
         let writer = self.open.remove(&start).expect("open partition");
-        let partition = self.granularity.dir_of(start);
-        let base = self.root.join(&partition);
+        let base = self
+            .granularity
+            .dir_of(start)
+            .to_string_lossy()
+            .into_owned();
         // The partition itself, or the first free late-data sibling.
-        let mut dir = base.clone();
         let mut n = 0;
-        while dir.join("metadata.json").exists() {
+        while self.root.is_committed(&Self::sibling(&base, n))? {
             n += 1;
-            dir = base.with_file_name(format!(
-                "{}.late-{n:04}",
-                base.file_name().expect("partition dir").to_string_lossy()
-            ));
         }
-        let summary = writer.commit(&dir)?;
-        let rel = |p: &Path| {
-            p.strip_prefix(&self.root)
-                .unwrap_or(p)
-                .to_string_lossy()
-                .into_owned()
-        };
+        let dir = Self::sibling(&base, n);
+        let summary = writer.commit_to(&self.root, &dir)?;
         let committed = CommittedPartition {
-            partition: rel(&base),
-            dir: rel(&dir),
+            partition: base,
+            dir,
             amends: n > 0,
             records: summary.records,
             event_time_start_ms: start,
@@ -176,42 +191,32 @@ impl SmbOutput {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         };
-        let log = self.root.join("_commits.ndjson");
-        let io = |source| SmbError::Io {
-            path: log.display().to_string(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(io)?;
-        let line = serde_json::to_string(&committed).expect("serializes");
-        writeln!(f, "{line}")
-            .and_then(|_| f.sync_all())
-            .map_err(io)?;
+        self.root
+            .append_commit_line(&serde_json::to_string(&committed).expect("serializes"))?;
         Ok(committed)
     }
 
     /// Every committed directory of one partition (the original first, then
-    /// its late siblings), as a reader should merge them.
-    pub fn committed_dirs(&self, partition_start_ms: i64) -> Vec<PathBuf> {
-        let base = self.root.join(self.granularity.dir_of(partition_start_ms));
+    /// its late siblings) as local directories a reader merges (downloaded
+    /// when the output is in an object store).
+    pub fn committed_dirs(&self, partition_start_ms: i64) -> Result<Vec<PathBuf>, SmbError> {
+        let base = self
+            .granularity
+            .dir_of(partition_start_ms)
+            .to_string_lossy()
+            .into_owned();
         let mut dirs = Vec::new();
-        if base.join("metadata.json").exists() {
-            dirs.push(base.clone());
-        }
-        for n in 1.. {
-            let d = base.with_file_name(format!(
-                "{}.late-{n:04}",
-                base.file_name().expect("partition dir").to_string_lossy()
-            ));
-            if !d.join("metadata.json").exists() {
+        for n in 0.. {
+            let rel = Self::sibling(&base, n);
+            if !self.root.is_committed(&rel)? {
+                if n == 0 {
+                    continue;
+                }
                 break;
             }
-            dirs.push(d);
+            dirs.push(self.root.local_copy(&rel)?);
         }
-        dirs
+        Ok(dirs)
     }
 }
 

@@ -18,6 +18,7 @@ use apache_avro::Schema;
 use super::avro::{Codec, ContainerWriter};
 use super::bucketer::{bucket_of, encode_key, HashType};
 use super::metadata::{BucketMetadata, LayoutError};
+use super::store::OutputRoot;
 
 /// What one SMB output looks like.
 #[derive(Clone, Debug)]
@@ -216,26 +217,39 @@ impl PartitionWriter {
     }
 
     /// Writes every bucket file (empty ones too) and commits the partition
-    /// into `dir`: files are staged beside it, moved in, `metadata.json` last.
-    pub fn commit(mut self, dir: &Path) -> Result<PartitionSummary, SmbError> {
-        if dir.join("metadata.json").exists() {
-            return Err(SmbError::AlreadyCommitted(dir.display().to_string()));
-        }
+    /// into local directory `dir` (see [`PartitionWriter::commit_to`]).
+    pub fn commit(self, dir: &Path) -> Result<PartitionSummary, SmbError> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut summary = self.commit_to(&OutputRoot::local(parent), &name)?;
+        summary.dir = dir.to_path_buf();
+        Ok(summary)
+    }
+
+    /// Writes every bucket file (empty ones too) into a staging directory,
+    /// then publishes them as `rel_dir` of `root`, `metadata.json` last.
+    /// A partition already committed there is refused.
+    pub fn commit_to(
+        mut self,
+        root: &OutputRoot,
+        rel_dir: &str,
+    ) -> Result<PartitionSummary, SmbError> {
+        if root.is_committed(rel_dir)? {
+            return Err(SmbError::AlreadyCommitted(rel_dir.to_string()));
+        }
         // One writer per partition: a staging directory left by a crashed
         // commit is cleared and reused.
-        let staging = parent.join(format!(".{name}.staging"));
+        let staging = root.staging_dir(rel_dir);
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
         std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         let mut files = Vec::new();
         let mut bytes = 0u64;
-        let sync = sync_marker(dir);
+        let sync = sync_marker(&staging);
         for bucket in 0..self.spec.num_buckets {
             for shard in 0..self.spec.num_shards {
                 let slot = (bucket * self.spec.num_shards + shard) as usize;
@@ -264,34 +278,14 @@ impl PartitionWriter {
                 files.push(file_name);
             }
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let crash_after = crash_failpoint();
-        for (moved, f) in files.iter().enumerate() {
-            if crash_after == Some(moved) {
-                std::process::abort();
-            }
-            let to = dir.join(f);
-            std::fs::rename(staging.join(f), &to).map_err(io_err(&to))?;
-        }
-        if crash_after == Some(files.len()) {
-            std::process::abort();
-        }
         let meta_path = staging.join("metadata.json");
         std::fs::write(&meta_path, self.meta.to_json()).map_err(io_err(&meta_path))?;
         File::open(&meta_path)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&meta_path))?;
-        // Every bucket file is in place before the marker appears.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        std::fs::rename(&meta_path, dir.join("metadata.json")).map_err(io_err(dir))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        root.publish(&staging, &files, rel_dir)?;
         Ok(PartitionSummary {
-            dir: dir.to_path_buf(),
+            dir: PathBuf::from(rel_dir),
             records: self.records,
             files: files.len(),
             bytes,
@@ -313,10 +307,13 @@ impl Drop for PartitionWriter {
 /// process aborts during a commit after moving `n` bucket files into place
 /// (`n` = the file count: after all files, before `metadata.json`). The
 /// crash test uses it to kill a real process mid-commit.
-fn crash_failpoint() -> Option<usize> {
-    std::env::var("TESSERA_FAILPOINT_SMB_COMMIT_CRASH")
+pub(super) fn crash_failpoint(moved: usize) {
+    let at = std::env::var("TESSERA_FAILPOINT_SMB_COMMIT_CRASH")
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse().ok());
+    if at == Some(moved) {
+        std::process::abort();
+    }
 }
 
 /// A sync marker that differs between partitions (Avro only needs it to be

@@ -80,10 +80,11 @@ enum SmbCommand {
     /// A side given several directories (a partition and its late-data
     /// siblings) is read as one.
     Join {
-        /// Committed directories of the left output.
+        /// Committed partition directories of the left output (local paths or
+        /// s3://bucket/path URLs; endpoint from AWS_ENDPOINT_URL).
         #[arg(long, required = true, num_args = 1..)]
         left: Vec<PathBuf>,
-        /// Committed directories of the right output.
+        /// Committed partition directories of the right output (local or s3://).
         #[arg(long, required = true, num_args = 1..)]
         right: Vec<PathBuf>,
         /// Write each joined key as a JSON line {"key", "left", "right"} here.
@@ -140,12 +141,28 @@ fn main() -> Result<()> {
     }
 }
 
+/// Removes a scratch directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `tessera smb join`: the join's counts on stdout as JSON, the joined rows to `out`.
 fn smb_join(left: &[PathBuf], right: &[PathBuf], out: Option<&std::path::Path>) -> Result<()> {
     use std::io::Write;
-    use tessera::sinks::smb::{smb_join, SmbSource};
-    let l = SmbSource::open(left).context("opening the left SMB output")?;
-    let r = SmbSource::open(right).context("opening the right SMB output")?;
+    use tessera::sinks::smb::{local_partition_dirs, smb_join, SmbSource};
+    // s3:// partitions are downloaded here for the join and removed after.
+    let scratch = std::env::temp_dir().join(format!("tessera-smb-join-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(scratch.clone());
+    let left =
+        local_partition_dirs(left, &scratch.join("left")).context("opening the left SMB output")?;
+    let right = local_partition_dirs(right, &scratch.join("right"))
+        .context("opening the right SMB output")?;
+    let l = SmbSource::open(&left).context("opening the left SMB output")?;
+    let r = SmbSource::open(&right).context("opening the right SMB output")?;
     let mut sink = match out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

@@ -607,6 +607,69 @@ fn hourly_partitions_and_late_data_siblings_on_s3() {
     hourly_partitions_and_late_siblings_at(root.clone());
     // A partition never written is not committed.
     assert!(!root.is_committed("date=2026-11-23/hour=05").unwrap());
+    // `tessera smb join` reads s3:// partitions: hour 0 and its late siblings
+    // joined with themselves give every key once, count² pairs each.
+    let hour0 = |rel: &str| {
+        format!(
+            "s3://{}/outputs/views/date=2026-11-23/{rel}",
+            location.bucket
+        )
+    };
+    let sides = [
+        hour0("hour=00"),
+        hour0("hour=00.late-0001"),
+        hour0("hour=00.late-0002"),
+    ];
+    let tessera_s3 = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env("AWS_ENDPOINT_URL", support::s3_endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap()
+    };
+    let mut args = vec!["smb", "join", "--left"];
+    args.extend(sides.iter().map(String::as_str));
+    args.push("--right");
+    args.extend(sides.iter().map(String::as_str));
+    let out = tessera_s3(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut per_key: std::collections::HashMap<String, u64> = Default::default();
+    let t0 = 1_795_392_000_000i64;
+    let log = tessera::sinks::smb::SmbOutput::new(
+        root.clone(),
+        spec(4, 1, HashType::Murmur3_128, Codec::Deflate(6), 1 << 20),
+        tessera::sinks::smb::Granularity::Hourly,
+    )
+    .unwrap()
+    .committed_dirs(t0)
+    .unwrap();
+    for d in &log {
+        for (_, _, k, _) in check(d, "deflate") {
+            *per_key.entry(k).or_default() += 1;
+        }
+    }
+    assert_eq!(counts["keys_matched"], per_key.len() as u64);
+    assert_eq!(
+        counts["pairs"],
+        per_key.values().map(|c| c * c).sum::<u64>()
+    );
+    let missing_partition = tessera_s3(&[
+        "smb",
+        "join",
+        "--left",
+        &hour0("hour=09"),
+        "--right",
+        &sides[0],
+    ]);
+    assert!(!missing_partition.status.success());
+    assert!(String::from_utf8_lossy(&missing_partition.stderr).contains("no committed partition"));
     // A bucket that does not exist is a clear error, not a panic.
     let missing = S3Location {
         bucket: "no-such-bucket".into(),

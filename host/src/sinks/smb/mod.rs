@@ -24,5 +24,5 @@ pub use bucketer::{bucket_of, encode_key, HashType};
 pub use metadata::{BucketMetadata, LayoutError};
 pub use output::{CommittedPartition, Granularity, SmbOutput};
 pub use reader::{smb_join, JoinStats, SmbSource};
-pub use store::{OutputRoot, S3Location};
+pub use store::{local_partition_dirs, OutputRoot, S3Location};
 pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

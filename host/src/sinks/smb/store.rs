@@ -295,3 +295,41 @@ impl OutputRoot {
         }
     }
 }
+
+/// Local directories for SMB partition paths given as local paths or
+/// `s3://bucket/key/prefix` URLs; S3 partitions are downloaded under
+/// `scratch`. The S3 endpoint comes from `AWS_ENDPOINT_URL` (AWS when unset),
+/// credentials and region from the usual AWS environment variables.
+pub fn local_partition_dirs(paths: &[PathBuf], scratch: &Path) -> Result<Vec<PathBuf>, SmbError> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let text = p.to_string_lossy();
+            let Some(rest) = text.strip_prefix("s3://") else {
+                return Ok(p.clone());
+            };
+            let (bucket, rel) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || rel.trim_matches('/').is_empty() {
+                return Err(SmbError::Schema(format!(
+                    "{text}: expected s3://bucket/path/to/partition"
+                )));
+            }
+            let location = S3Location {
+                bucket: bucket.to_string(),
+                prefix: String::new(),
+                endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+                region: std::env::var("AWS_REGION").unwrap_or_else(|_| default_region()),
+                access_key_id: None,
+                secret_access_key: None,
+            };
+            let root = OutputRoot::s3(&location, &scratch.join(i.to_string()))?;
+            if !root.is_committed(rel)? {
+                return Err(SmbError::Schema(format!(
+                    "{text} holds no committed partition (no metadata.json)"
+                )));
+            }
+            root.local_copy(rel)
+        })
+        .collect()
+}

@@ -20,9 +20,8 @@ use tessera::window::{FeatureDef, Tiler};
 use tessera_sdk as sdk;
 use tessera_sdk::{Feature as _, Parser as _};
 
-/// The allocator the `tessera` binary runs with.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
+use common::{env_or, median};
 
 const PARSER_CONFIG: &str = r#"{"time_field":"ts","type_field":"type","entity_fields":["post_id","user_id"],"fields":{"dwell_ms":"float64"}}"#;
 
@@ -265,24 +264,10 @@ fn from_sdk_events(e: sdk::EventBatch) -> hb::EventBatch {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
-    let n: usize = std::env::var("TESSERA_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let runs: usize = std::env::var("TESSERA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let checkpoint: u64 = std::env::var("TESSERA_BENCH_CHECKPOINT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500_000);
+    let n: usize = env_or("TESSERA_BENCH_EVENTS", 1_000_000);
+    let runs: usize = env_or("TESSERA_BENCH_RUNS", 5);
+    let checkpoint: u64 = env_or("TESSERA_BENCH_CHECKPOINT", 500_000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

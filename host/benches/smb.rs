@@ -5,14 +5,13 @@
 //! (default 1,000,000 events) and `TESSERA_BENCH_RUNS` (default 3) change it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use apache_avro::types::Value;
 use tessera::sinks::smb::{avro::Codec, smb_join, HashType, PartitionWriter, SmbSource, SmbSpec};
 
-/// The allocator the `tessera` binary runs with.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
+use common::{env_or, median};
 
 const EVENT: &str = r#"{"type":"record","name":"Event","fields":[{"name":"user_id","type":"string"},{"name":"post_id","type":"string"},{"name":"type","type":"string"},{"name":"ts","type":"long"},{"name":"dwell_ms","type":["null","double"]}]}"#;
 const PROFILE: &str = r#"{"type":"record","name":"Profile","fields":[{"name":"user_id","type":"string"},{"name":"country","type":"string"},{"name":"age","type":"int"}]}"#;
@@ -88,11 +87,6 @@ fn spec_with(schema: &str, buckets: u32, codec: Codec) -> SmbSpec {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn key_of(v: &Value) -> &str {
     let Value::Record(f) = v else { unreachable!() };
     match &f[0].1 {
@@ -102,27 +96,22 @@ fn key_of(v: &Value) -> &str {
 }
 
 fn main() {
-    let n: usize = std::env::var("TESSERA_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let runs: usize = std::env::var("TESSERA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let n: usize = env_or("TESSERA_BENCH_RECORDS", 1_000_000);
+    let runs: usize = env_or("TESSERA_BENCH_RUNS", 3);
     let users = 200_000u64;
     let ev = events(n, users);
     let pr = profiles(users);
     let schema = apache_avro::Schema::parse_str(EVENT).unwrap();
+    // Avro-encoded input size, with one datum writer for all records.
+    let datum_writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap();
+    let mut buf = Vec::new();
     let encoded: usize = ev
         .iter()
         .map(|v| {
-            apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-                .build()
-                .unwrap()
-                .write_value_to_vec(v.clone())
-                .unwrap()
-                .len()
+            buf.clear();
+            datum_writer.write_value_ref(&mut buf, v).unwrap()
         })
         .sum();
     let dir = tempfile::tempdir().unwrap();

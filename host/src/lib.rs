@@ -22,6 +22,8 @@ pub mod stores;
 pub mod telemetry;
 pub mod window;
 
+mod varint;
+
 pub use config::Config;
 pub use error::PipelineError;
 pub use pipeline::{Pipeline, RunStats};

@@ -36,12 +36,7 @@ impl HashType {
 /// Appends the Beam nested encoding of a string key (`StringUtf8Coder` in
 /// a nested context): unsigned LEB128 varint of the byte length, then the bytes.
 pub fn encode_key(key: &str, out: &mut Vec<u8>) {
-    let mut n = key.len() as u64;
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+    crate::varint::put_u64(out, key.len() as u64);
     out.extend_from_slice(key.as_bytes());
 }
 

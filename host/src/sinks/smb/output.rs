@@ -96,10 +96,7 @@ impl SmbOutput {
         spec: SmbSpec,
         granularity: Granularity,
     ) -> Result<Self, SmbError> {
-        drop(PartitionWriter::new(
-            spec.clone(),
-            &root.spill_dir().join("check"),
-        )?);
+        spec.check()?;
         Ok(SmbOutput {
             root,
             spec,

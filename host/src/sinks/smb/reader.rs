@@ -10,21 +10,14 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use apache_avro::types::Value;
 use apache_avro::Reader;
 
 use super::bucketer::{encode_key, HashType};
 use super::metadata::BucketMetadata;
-use super::writer::{key_of, SmbError};
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
-    move |source| SmbError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
+use super::writer::{io_err, key_of, SmbError};
 
 /// One SMB source: committed directories sharing a key field and hash.
 #[derive(Clone, Debug)]
@@ -247,10 +240,8 @@ pub fn smb_join(
 
 /// The string of a nested-encoded key (the LEB128 length skipped).
 fn decode_key(encoded: &[u8]) -> String {
-    let skip = encoded
-        .iter()
-        .position(|b| b & 0x80 == 0)
-        .map_or(0, |i| i + 1);
+    let mut skip = 0;
+    crate::varint::get_u64(encoded, &mut skip);
     String::from_utf8_lossy(&encoded[skip..]).into_owned()
 }
 

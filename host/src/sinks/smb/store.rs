@@ -18,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
-use super::writer::SmbError;
+use super::writer::{io_err, SmbError};
 
 /// An S3-compatible location.
 #[derive(Clone, Debug, Deserialize)]
@@ -65,13 +65,6 @@ fn object_err(what: &str, e: impl std::fmt::Display) -> SmbError {
     SmbError::Io {
         path: what.to_string(),
         source: std::io::Error::other(e.to_string()),
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
-    move |source| SmbError::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 

@@ -37,6 +37,28 @@ pub struct SmbSpec {
     pub memory_budget: usize,
 }
 
+impl SmbSpec {
+    /// Checks the layout, the schema and the key field; writes nothing.
+    pub fn check(&self) -> Result<(), SmbError> {
+        self.parts().map(|_| ())
+    }
+
+    /// The metadata, the parsed schema and the key field's path.
+    fn parts(&self) -> Result<(BucketMetadata, Schema, Vec<String>), SmbError> {
+        let meta = BucketMetadata::avro(
+            self.num_buckets,
+            self.num_shards,
+            self.hash_type,
+            &self.key_field,
+        )?;
+        let schema =
+            Schema::parse_str(&self.schema_json).map_err(|e| SmbError::Schema(e.to_string()))?;
+        let key_path: Vec<String> = self.key_field.split('.').map(str::to_string).collect();
+        check_key_field(&schema, &key_path)?;
+        Ok((meta, schema, key_path))
+    }
+}
+
 /// Why writing an SMB partition failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SmbError {
@@ -57,7 +79,8 @@ pub enum SmbError {
     AlreadyCommitted(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
+/// Maps an I/O error to [`SmbError::Io`] naming `path`.
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SmbError + '_ {
     move |source| SmbError::Io {
         path: path.display().to_string(),
         source,
@@ -121,16 +144,7 @@ impl PartitionWriter {
     /// Checks the spec (layout, schema, key field) before anything is written;
     /// spilled runs go under `spill_dir` (created, and removed on drop).
     pub fn new(spec: SmbSpec, spill_dir: &Path) -> Result<Self, SmbError> {
-        let meta = BucketMetadata::avro(
-            spec.num_buckets,
-            spec.num_shards,
-            spec.hash_type,
-            &spec.key_field,
-        )?;
-        let schema =
-            Schema::parse_str(&spec.schema_json).map_err(|e| SmbError::Schema(e.to_string()))?;
-        let key_path: Vec<String> = spec.key_field.split('.').map(str::to_string).collect();
-        check_key_field(&schema, &key_path)?;
+        let (meta, schema, key_path) = spec.parts()?;
         let encoder = DatumEncoder::try_new(schema, |s| GenericDatumWriter::builder(s).build())
             .map_err(|e| SmbError::Schema(e.to_string()))?;
         let slots = (spec.num_buckets * spec.num_shards) as usize;

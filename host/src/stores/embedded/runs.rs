@@ -27,6 +27,7 @@
 //!
 //! Limit: a merge holds the runs being merged in memory.
 
+use crate::varint;
 use crate::window::TileAgg;
 
 /// Version of the block format above; the store refuses files of another.
@@ -59,26 +60,9 @@ const UNIFORM: u8 = 1;
 const SUM_IMPLIED: u8 = 2;
 const ONE: u8 = 4;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 #[inline]
 fn get_varint(b: &[u8], i: &mut usize) -> Result<u64, MalformedBlock> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*i).ok_or(MalformedBlock)?;
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err(MalformedBlock)
+    varint::get_u64(b, i).ok_or(MalformedBlock)
 }
 
 fn get_f64(b: &[u8], i: &mut usize) -> Result<f64, MalformedBlock> {
@@ -108,7 +92,7 @@ fn encode_tile(base: i64, agg: &TileAgg, out: &mut Vec<u8>) {
         }
     }
     out.push(flags);
-    put_varint(out, agg.count);
+    varint::put_u64(out, agg.count);
     if flags & SUM_IMPLIED == 0 {
         out.extend_from_slice(&agg.sum.to_le_bytes());
     }
@@ -119,8 +103,7 @@ fn encode_tile(base: i64, agg: &TileAgg, out: &mut Vec<u8>) {
     } else if flags & ONE == 0 {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let delta = agg.last_time.wrapping_sub(base);
-    put_varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
+    varint::put_i64(out, agg.last_time.wrapping_sub(base));
 }
 
 fn decode_tile(base: i64, b: &[u8], i: &mut usize) -> Result<TileAgg, MalformedBlock> {
@@ -145,8 +128,7 @@ fn decode_tile(base: i64, b: &[u8], i: &mut usize) -> Result<TileAgg, MalformedB
         };
         (v, v, v)
     };
-    let z = get_varint(b, i)?;
-    let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+    let delta = varint::get_i64(b, i).ok_or(MalformedBlock)?;
     Ok(TileAgg {
         count,
         sum: sum.unwrap_or(count as f64 * last),
@@ -239,8 +221,8 @@ impl BlockWriter {
             shared_prefix(&self.written_key, &self.pending_key)
         };
         self.block_entries += 1;
-        put_varint(&mut self.block, shared as u64);
-        put_varint(&mut self.block, (self.pending_key.len() - shared) as u64);
+        varint::put_u64(&mut self.block, shared as u64);
+        varint::put_u64(&mut self.block, (self.pending_key.len() - shared) as u64);
         self.block.extend_from_slice(&self.pending_key[shared..]);
         let base = key_start(&self.pending_key).expect("push checks the key length");
         encode_tile(base, &agg, &mut self.block);

@@ -42,6 +42,179 @@ pub struct Config {
     /// The HTTP serving API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Outputs that receive the pipeline's events (after late-data routing),
+    /// e.g. sort-merge-bucketed Avro files by hour.
+    #[serde(default)]
+    pub outputs: Vec<OutputConfig>,
+}
+
+/// One enum variant per output kind.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputConfig {
+    /// Sort-merge-bucket Avro files in the layout Beam/Scio SMB readers
+    /// read, partitioned by event time (see `sinks/smb`).
+    Smb(SmbOutputConfig),
+}
+
+impl OutputConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            OutputConfig::Smb(c) => &c.name,
+        }
+    }
+}
+
+/// A sort-merge-bucket output.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmbOutputConfig {
+    /// Names the output in logs, dead letters and its checkpoint state.
+    pub name: String,
+    /// Event types written (by name); all when empty.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// The Avro record schema (JSON). Fields are filled by name from the
+    /// event: `event_time`, `ingestion_time`, `event_type`, `payload`, or
+    /// an event column. Exactly one of `schema` and `schema_file`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// A file holding the schema (`.avsc`).
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+    /// The string field records are bucketed and sorted by (a top-level field).
+    pub key_field: String,
+    /// Number of buckets (a power of two).
+    pub buckets: u32,
+    /// Files per bucket, for skewed keys.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default)]
+    pub hash: crate::sinks::smb::HashType,
+    #[serde(default)]
+    pub codec: AvroCodec,
+    /// DEFLATE level (0-9) when `codec = "deflate"`.
+    #[serde(default = "default_deflate_level")]
+    pub deflate_level: u8,
+    #[serde(default)]
+    pub granularity: crate::sinks::smb::Granularity,
+    /// A partition is committed once the watermark passes its end plus this.
+    /// Events for it after that are written as a late-data sibling directory.
+    #[serde(default = "zero_duration", with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Bytes of records the output holds in memory (over all open
+    /// partitions) before sorted runs spill to `work_dir`.
+    #[serde(default = "default_smb_memory_budget")]
+    pub memory_budget_bytes: usize,
+    /// A local directory for the output. Exactly one of `path` and `s3`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// An S3-compatible location for the output.
+    #[serde(default)]
+    pub s3: Option<crate::sinks::smb::S3Location>,
+    /// Local space for the output's journal, spilled runs and (for S3)
+    /// staging; must survive restarts. Default: `<path>/.tessera` for local
+    /// outputs, `.tessera/smb/<name>` beside the config for S3 ones.
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AvroCodec {
+    #[default]
+    Deflate,
+    Null,
+}
+
+fn default_shards() -> u32 {
+    1
+}
+fn default_deflate_level() -> u8 {
+    6
+}
+fn zero_duration() -> Duration {
+    Duration::ZERO
+}
+fn default_smb_memory_budget() -> usize {
+    256 << 20
+}
+
+impl SmbOutputConfig {
+    /// The writer's spec, given the schema text.
+    pub fn spec(&self, schema_json: String) -> crate::sinks::smb::SmbSpec {
+        use crate::sinks::smb::avro::Codec;
+        crate::sinks::smb::SmbSpec {
+            schema_json,
+            key_field: self.key_field.clone(),
+            num_buckets: self.buckets,
+            num_shards: self.shards,
+            hash_type: self.hash,
+            codec: match self.codec {
+                AvroCodec::Deflate => Codec::Deflate(self.deflate_level),
+                AvroCodec::Null => Codec::Null,
+            },
+            memory_budget: self.memory_budget_bytes,
+        }
+    }
+
+    /// The work directory, defaulted (see the field).
+    pub fn work_dir(&self) -> PathBuf {
+        match (&self.work_dir, &self.path) {
+            (Some(w), _) => w.clone(),
+            (None, Some(p)) => p.join(".tessera"),
+            (None, None) => PathBuf::from(".tessera/smb").join(&self.name),
+        }
+    }
+
+    /// Problems with this output's settings (no I/O: a schema file is
+    /// checked when the pipeline opens it).
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let at = format!("output `{}`", self.name);
+        if !valid_name(&self.name) {
+            p.push(format!("{at}: name must be non-empty letters, digits, - or _"));
+        }
+        if self.path.is_some() == self.s3.is_some() {
+            p.push(format!("{at}: set exactly one of `path` and `s3`"));
+        }
+        if let Err(e) = crate::sinks::smb::BucketMetadata::avro(
+            self.buckets,
+            self.shards,
+            self.hash,
+            &self.key_field,
+        ) {
+            p.push(format!("{at}: {e}"));
+        }
+        match (&self.schema, &self.schema_file) {
+            (Some(_), Some(_)) | (None, None) => {
+                p.push(format!("{at}: set exactly one of `schema` and `schema_file`"))
+            }
+            (Some(schema), None) => {
+                if let Err(errors) = crate::sinks::smb::EventEncoder::new(schema, &self.key_field) {
+                    p.extend(errors.into_iter().map(|e| format!("{at}: {e}")));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if self.deflate_level > 9 {
+            p.push(format!("{at}: deflate_level must be 0 to 9"));
+        }
+        if self.memory_budget_bytes < (1 << 20) {
+            p.push(format!("{at}: memory_budget_bytes must be at least 1 MiB"));
+        }
+        if self.event_types.iter().any(String::is_empty) {
+            p.push(format!("{at}: event_types must not hold empty names"));
+        }
+        p
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -407,18 +580,26 @@ impl Config {
         if let Some(c) = &mut self.runtime.cache_dir {
             fix(c);
         }
+        for o in &mut self.outputs {
+            match o {
+                OutputConfig::Smb(o) => {
+                    o.work_dir = Some(o.work_dir());
+                    for p in [&mut o.path, &mut o.schema_file, &mut o.work_dir]
+                        .into_iter()
+                        .flatten()
+                    {
+                        fix(p);
+                    }
+                }
+            }
+        }
     }
 
     /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let p = &self.pipeline;
-        if p.name.is_empty()
-            || !p
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !valid_name(&p.name) {
             problems.push(format!(
                 "pipeline.name `{}` must be non-empty letters, digits, - or _",
                 p.name
@@ -480,6 +661,15 @@ impl Config {
         }
         if self.runtime.epoch_tick.is_zero() || self.runtime.epoch_tick > Duration::from_secs(1) {
             problems.push("runtime.epoch_tick must be between 1ns and 1s".into());
+        }
+        let mut outputs = std::collections::BTreeSet::new();
+        for o in &self.outputs {
+            if !outputs.insert(o.name()) {
+                problems.push(format!("output name `{}` is used twice", o.name()));
+            }
+            match o {
+                OutputConfig::Smb(o) => problems.extend(o.problems()),
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -548,6 +738,31 @@ mod tests {
         .is_err());
         assert!(Config::parse(&format!("{MINIMAL}\n[pipeline]\nbatchsize = 3")).is_err());
         assert!(Config::parse(&MINIMAL.replace("type = \"file\"", "type = \"ftp\"")).is_err());
+    }
+
+    #[test]
+    fn smb_outputs_get_defaults_and_every_problem_is_reported() {
+        let schema = r#"{"type":"record","name":"V","fields":[{"name":"user_id","type":"string"},{"name":"event_time","type":"long"}]}"#;
+        let good = format!(
+            "{MINIMAL}\n[[outputs]]\ntype = \"smb\"\nname = \"views\"\nkey_field = \"user_id\"\nbuckets = 8\npath = \"out/views\"\nschema = '{schema}'\n"
+        );
+        let cfg = Config::parse(&good).unwrap();
+        let OutputConfig::Smb(o) = &cfg.outputs[0];
+        assert_eq!((o.shards, o.deflate_level, o.codec), (1, 6, AvroCodec::Deflate));
+        assert_eq!(o.work_dir(), PathBuf::from("out/views/.tessera"));
+        let bad = format!(
+            "{MINIMAL}\n[[outputs]]\ntype = \"smb\"\nname = \"v v\"\nkey_field = \"nope\"\nbuckets = 6\nschema = '{schema}'\ndeflate_level = 12\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = Config::parse(&bad) else {
+            panic!("expected invalid")
+        };
+        // name, neither path nor s3, bucket count, key field, deflate level
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("power of two")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("`nope`")), "{problems:?}");
+        let twice = format!("{good}\n{}", &good[MINIMAL.len()..]);
+        assert!(matches!(Config::parse(&twice), Err(ConfigError::Invalid(p)) if p[0].contains("used twice")));
+        assert!(Config::parse(&good.replace("buckets = 8", "buckets = 8\nbukets = 2")).is_err());
     }
 
     #[test]

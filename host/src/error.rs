@@ -70,6 +70,11 @@ pub enum PipelineError {
     },
     #[error("features declared twice: `{0}` (feature names must be unique across plugins)")]
     DuplicateFeature(String),
+    #[error("output `{output}`: {source}")]
+    Output {
+        output: String,
+        source: crate::sinks::smb::SmbError,
+    },
     #[error("feature `{feature}` of plugin `{plugin}` is invalid: {reason}")]
     InvalidFeature {
         plugin: String,

@@ -8,10 +8,15 @@
 //! carry on. Repeated failures quarantine the plugin (config decides whether
 //! the pipeline then halts or dead-letters what that plugin would see).
 //!
-//! Checkpoints commit tile deltas and source positions in one store commit,
-//! after the dead letter and side output are synced: a crash or halt loses
-//! nothing and counts nothing twice, because a restart resumes from the last
-//! committed position and the uncommitted deltas were never written.
+//! Events that pass late-data routing also go to the configured outputs
+//! (SMB files), which reject what they cannot write to the dead letter.
+//!
+//! Checkpoints commit tile deltas, source positions and each output's state
+//! in one store commit, after the dead letter, side output and output logs
+//! are synced; outputs publish the partitions a checkpoint sealed after it
+//! commits. A crash or halt loses nothing and counts nothing twice, because a
+//! restart resumes from the last committed position, the uncommitted deltas
+//! were never written, and outputs replay their logs to the committed state.
 
 mod stats;
 
@@ -29,6 +34,8 @@ use crate::plugin::{
 use crate::record::{
     bytes_at, now_ms, select_events, select_raw, EventBatch, LateBatch, LateDecision, RawBatch,
 };
+use crate::config::OutputConfig;
+use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoredFeature, TileStore};
@@ -56,6 +63,10 @@ pub struct Pipeline {
     tiler: Tiler,
     dead_letter: NdjsonSink,
     side_output: NdjsonSink,
+    outputs: Vec<SmbSink>,
+    /// Set when a bounded source has ended: the next checkpoint seals every
+    /// output partition (the watermark goes to +infinity, as in Flink).
+    end_of_input: bool,
     watermarks: Watermarks,
     stats: RunStats,
     stop: Arc<AtomicBool>,
@@ -77,6 +88,7 @@ enum Stage {
     Feature,
     Tile,
     Late,
+    Output,
 }
 
 impl Stage {
@@ -87,6 +99,7 @@ impl Stage {
             Stage::Feature => "feature",
             Stage::Tile => "tile",
             Stage::Late => "late",
+            Stage::Output => "output",
         }
     }
 }
@@ -176,10 +189,26 @@ impl Pipeline {
             NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
         let side_output =
             NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
+        let mut outputs = Vec::new();
+        for o in &cfg.outputs {
+            match o {
+                OutputConfig::Smb(c) => {
+                    let state = store.position(&cfg.pipeline.name, &SmbSink::state_key(&c.name))?;
+                    outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
+                        PipelineError::Output {
+                            output: c.name.clone(),
+                            source,
+                        }
+                    })?);
+                }
+            }
+        }
         let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
         Ok(Pipeline {
             dead_letter,
             side_output,
+            outputs,
+            end_of_input: false,
             cfg,
             parser,
             features,
@@ -207,6 +236,7 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
+                self.end_of_input = true;
                 break;
             };
             self.process(batch)?;
@@ -238,8 +268,22 @@ impl Pipeline {
         }
     }
 
-    /// Commits the tile deltas and the source positions together.
+    /// Commits the tile deltas, the source positions and the outputs' state
+    /// together, then publishes the output partitions it sealed. A failed
+    /// publish is retried at the next checkpoint; after the last one (end
+    /// of input) it is retried with back-off and then reported.
     pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        let watermark = self.watermarks.current();
+        let mut output_states = Vec::new();
+        for o in &mut self.outputs {
+            let state = o
+                .prepare(watermark, self.end_of_input)
+                .map_err(|source| PipelineError::Output {
+                    output: o.name().to_string(),
+                    source,
+                })?;
+            output_states.push(state);
+        }
         self.dead_letter.sync()?;
         self.side_output.sync()?;
         let deltas = self.tiler.drain();
@@ -252,6 +296,7 @@ impl Pipeline {
             SIDE_OUTPUT_KEY.into(),
             self.side_output.committed_len().to_be_bytes().to_vec(),
         ));
+        positions.extend(output_states);
         self.stats.tiles_written += deltas.len() as u64;
         let checkpoint = Checkpoint {
             pipeline: self.cfg.pipeline.name.clone(),
@@ -261,6 +306,40 @@ impl Pipeline {
         self.store.commit(&checkpoint)?;
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
+        self.publish_outputs()
+    }
+
+    /// Phase 2 of a checkpoint: every output publishes what it sealed.
+    fn publish_outputs(&mut self) -> Result<(), PipelineError> {
+        let last = self.end_of_input || self.stop.load(Ordering::Relaxed);
+        for o in &mut self.outputs {
+            let mut delay = std::time::Duration::from_millis(200);
+            let mut attempt = 1;
+            loop {
+                match o.publish() {
+                    Ok(done) => {
+                        self.stats.output_partitions += done.len() as u64;
+                        break;
+                    }
+                    Err(source) if !last || attempt >= 5 => {
+                        if last {
+                            return Err(PipelineError::Output {
+                                output: o.name().to_string(),
+                                source,
+                            });
+                        }
+                        tracing::warn!(output = %o.name(), error = %source, "publishing SMB partitions failed; retrying at the next checkpoint (nothing is lost: the partitions are in the journal)");
+                        break;
+                    }
+                    Err(source) => {
+                        tracing::warn!(output = %o.name(), error = %source, attempt, "publishing SMB partitions failed; retrying");
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -414,6 +493,15 @@ impl Pipeline {
         self.stats.events_out += events.len as u64;
         for i in 0..self.features.len() {
             self.feature_isolating(i, raw, &events)?;
+        }
+        for i in 0..self.outputs.len() {
+            let before = self.outputs[i].stats().records;
+            let rejected = self.outputs[i].write(raw, &events);
+            self.stats.output_records += self.outputs[i].stats().records - before;
+            for (row, reason) in rejected {
+                let src = events.source_row[row] as usize;
+                self.dead_letter(Stage::Output, None, &reason, raw, src)?;
+            }
         }
         Ok(())
     }

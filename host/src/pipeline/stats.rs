@@ -21,6 +21,10 @@ pub struct RunStats {
     pub late_side_output: u64,
     /// Tile writes committed to the store.
     pub tiles_written: u64,
+    /// Records written to outputs (SMB files), and output partitions
+    /// (directories) committed.
+    pub output_records: u64,
+    pub output_partitions: u64,
     pub checkpoints: u64,
     #[serde(with = "secs")]
     pub elapsed: Duration,
@@ -40,7 +44,7 @@ impl RunStats {
     pub fn summary(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         format!(
-            "records in: {}  events out: {}  updates: {}  dead-lettered: {}  late (accepted/dropped/side output): {}/{}/{}  tiles written: {}  checkpoints: {}  time: {:.2}s  ({:.0} records/s)",
+            "records in: {}  events out: {}  updates: {}  dead-lettered: {}  late (accepted/dropped/side output): {}/{}/{}  tiles written: {}  output records/partitions: {}/{}  checkpoints: {}  time: {:.2}s  ({:.0} records/s)",
             self.records_in,
             self.events_out,
             self.updates,
@@ -49,6 +53,8 @@ impl RunStats {
             self.late_dropped,
             self.late_side_output,
             self.tiles_written,
+            self.output_records,
+            self.output_partitions,
             self.checkpoints,
             secs,
             self.records_in as f64 / secs

@@ -7,22 +7,30 @@
 //! - `avro.rs`: an Avro container writer for already-encoded datums.
 //! - `writer.rs`: one partition: bucket, sort (external), staged commit.
 //! - `output.rs`: partitions by event time, late-data siblings, `_commits.ndjson`.
+//! - `journal.rs`: segment logs and the state a checkpoint commits, so a
+//!   pipeline's output survives crashes without losing or repeating records.
+//! - `events.rs`: pipeline events to Avro records of the configured schema.
+//! - `sink.rs`: the output as a pipeline stage (config, checkpoints, recovery).
 //! - `store.rs`: local directories and S3-compatible object stores.
 //! - `reader.rs`: reading outputs back and the sort-merge join.
-//!
-//! Still to come (issue #3): outputs in the pipeline config and run loop.
 
 pub mod avro;
 pub mod bucketer;
+pub mod events;
+pub mod journal;
 pub mod metadata;
 pub mod output;
 pub mod reader;
+mod sink;
 pub mod store;
 pub mod writer;
 
 pub use bucketer::{bucket_of, encode_key, HashType};
 pub use metadata::{BucketMetadata, LayoutError};
-pub use output::{CommittedPartition, Granularity, SmbOutput};
+pub use events::EventEncoder;
+pub use journal::{OutputState, SegmentState};
+pub use output::{CommittedPartition, Granularity, SmbOutput, COMMIT_MARKER};
 pub use reader::{smb_join, JoinStats, SmbSource};
+pub use sink::{OutputStats, SmbSink};
 pub use store::{local_partition_dirs, OutputRoot, S3Location};
 pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::writer::{io_err, SmbError};
 
 /// An S3-compatible location.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Location {
     pub bucket: String,
@@ -36,7 +36,8 @@ pub struct S3Location {
     /// Credentials; the AWS environment variables are used when unset.
     #[serde(default)]
     pub access_key_id: Option<String>,
-    #[serde(default)]
+    /// Never serialized back out (configs are shown over the API).
+    #[serde(default, skip_serializing)]
     pub secret_access_key: Option<String>,
 }
 
@@ -106,6 +107,14 @@ impl ObjectRoot {
             .block_on(self.store.put(&key, PutPayload::from(bytes)))
             .map(|_| ())
             .map_err(|e| object_err(key.as_ref(), e))
+    }
+
+    fn delete(&self, rel: &str) -> Result<(), SmbError> {
+        let key = self.key(rel);
+        match self.runtime.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(object_err(key.as_ref(), e)),
+        }
     }
 
     /// Names of the objects under `rel_dir`.
@@ -197,6 +206,11 @@ impl OutputRoot {
         match self {
             OutputRoot::Local(root) => {
                 let dir = root.join(rel_dir);
+                // What a crashed publish left here is uncommitted: start clean,
+                // so no file of another layout survives beside the new ones.
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+                }
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 for (moved, f) in files.iter().enumerate() {
                     super::writer::crash_failpoint(moved);
@@ -215,6 +229,11 @@ impl OutputRoot {
                     .map_err(io_err(&dir))?;
             }
             OutputRoot::Object(o) => {
+                for stale in o.list(rel_dir)? {
+                    if !files.contains(&stale) {
+                        o.delete(&format!("{rel_dir}/{stale}"))?;
+                    }
+                }
                 for f in files.iter().map(String::as_str).chain(["metadata.json"]) {
                     let path = staging.join(f);
                     o.put(
@@ -267,6 +286,21 @@ impl OutputRoot {
                 .get("_commits.ndjson")?
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()),
+        }
+    }
+
+    /// The contents of file `name` in partition directory `rel_dir`, if any.
+    pub fn read_file(&self, rel_dir: &str, name: &str) -> Result<Option<Vec<u8>>, SmbError> {
+        match self {
+            OutputRoot::Local(root) => {
+                let path = root.join(rel_dir).join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            OutputRoot::Object(o) => Ok(o.get(&format!("{rel_dir}/{name}"))?.map(|b| b.to_vec())),
         }
     }
 

@@ -17,6 +17,7 @@ use apache_avro::Schema;
 
 use super::avro::{Codec, ContainerWriter};
 use super::bucketer::{bucket_of, encode_key, HashType};
+use super::journal::SegmentLog;
 use super::metadata::{BucketMetadata, LayoutError};
 use super::store::OutputRoot;
 
@@ -77,6 +78,9 @@ pub enum SmbError {
     },
     #[error("partition {0} is already committed (late data goes to a sibling directory)")]
     AlreadyCommitted(String),
+    /// A segment log does not match the state a checkpoint committed.
+    #[error("SMB journal: {0}")]
+    Journal(String),
 }
 
 /// Maps an I/O error to [`SmbError::Io`] naming `path`.
@@ -138,6 +142,8 @@ pub struct PartitionWriter {
     records: u64,
     key_buf: Vec<u8>,
     datum_buf: Vec<u8>,
+    /// When set, every record added is also appended here (see `journal.rs`).
+    log: Option<SegmentLog>,
 }
 
 impl PartitionWriter {
@@ -161,8 +167,31 @@ impl PartitionWriter {
             records: 0,
             key_buf: Vec::new(),
             datum_buf: Vec::new(),
+            log: None,
             spec,
         })
+    }
+
+    /// From now on, every record added is also appended to `log`.
+    pub fn set_log(&mut self, log: SegmentLog) {
+        self.log = Some(log);
+    }
+
+    pub fn log_mut(&mut self) -> Option<&mut SegmentLog> {
+        self.log.as_mut()
+    }
+
+    pub fn take_log(&mut self) -> Option<SegmentLog> {
+        self.log.take()
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Bytes of records held in memory (not yet in spilled runs).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
     pub fn metadata(&self) -> &BucketMetadata {
@@ -174,6 +203,22 @@ impl PartitionWriter {
     /// changes nothing.
     pub fn add(&mut self, record: &Value) -> Result<(), SmbError> {
         let key = key_of(record, &self.key_path)?;
+        let mut datum = std::mem::take(&mut self.datum_buf);
+        datum.clear();
+        let encoded = self
+            .encoder
+            .borrow_dependent()
+            .write_value_ref(&mut datum, record)
+            .map_err(|e| SmbError::Record(format!("does not match the schema: {e}")));
+        let added = encoded.and_then(|_| self.add_encoded(key, &datum));
+        self.datum_buf = datum;
+        added
+    }
+
+    /// Adds a record already encoded in Avro binary (`datum`, which must
+    /// match the spec's schema) with key `key`. A key Beam cannot bucket is
+    /// refused with [`SmbError::Record`] and changes nothing.
+    pub fn add_encoded(&mut self, key: &str, datum: &[u8]) -> Result<(), SmbError> {
         self.key_buf.clear();
         encode_key(key, &mut self.key_buf);
         let bucket = bucket_of(self.spec.hash_type, &self.key_buf, self.spec.num_buckets)
@@ -182,17 +227,15 @@ impl PartitionWriter {
                     "key {key:?} hashes to i32::MIN, which Beam cannot bucket"
                 ))
             })?;
-        self.datum_buf.clear();
-        self.encoder
-            .borrow_dependent()
-            .write_value_ref(&mut self.datum_buf, record)
-            .map_err(|e| SmbError::Record(format!("does not match the schema: {e}")))?;
+        if let Some(log) = &mut self.log {
+            log.append(key, datum)?;
+        }
         let shard = &mut self.next_shard[bucket as usize];
         let slot = (bucket * self.spec.num_shards + *shard) as usize;
         *shard = (*shard + 1) % self.spec.num_shards;
-        let mut bytes = Vec::with_capacity(self.key_buf.len() + self.datum_buf.len());
+        let mut bytes = Vec::with_capacity(self.key_buf.len() + datum.len());
         bytes.extend_from_slice(&self.key_buf);
-        bytes.extend_from_slice(&self.datum_buf);
+        bytes.extend_from_slice(datum);
         self.buffered_bytes += bytes.len() + std::mem::size_of::<Buffered>();
         self.slots[slot].push(Buffered {
             bytes: bytes.into_boxed_slice(),
@@ -206,7 +249,7 @@ impl PartitionWriter {
     }
 
     /// Sorts every buffered slot and writes it as a run file.
-    fn spill(&mut self) -> Result<(), SmbError> {
+    pub(super) fn spill(&mut self) -> Result<(), SmbError> {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if slot.is_empty() {
                 continue;
@@ -246,10 +289,17 @@ impl PartitionWriter {
     /// Writes every bucket file (empty ones too) into a staging directory,
     /// then publishes them as `rel_dir` of `root`, `metadata.json` last.
     /// A partition already committed there is refused.
-    pub fn commit_to(
+    pub fn commit_to(self, root: &OutputRoot, rel_dir: &str) -> Result<PartitionSummary, SmbError> {
+        self.commit_with(root, rel_dir, &[])
+    }
+
+    /// [`commit_to`](Self::commit_to), with `extra` files (name, contents)
+    /// published after the bucket files and before `metadata.json`.
+    pub fn commit_with(
         mut self,
         root: &OutputRoot,
         rel_dir: &str,
+        extra: &[(&str, &[u8])],
     ) -> Result<PartitionSummary, SmbError> {
         if root.is_committed(rel_dir)? {
             return Err(SmbError::AlreadyCommitted(rel_dir.to_string()));
@@ -291,6 +341,13 @@ impl PartitionWriter {
                 bytes += file.metadata().map_err(io_err(&path))?.len();
                 files.push(file_name);
             }
+        }
+        for (name, contents) in extra {
+            let path = staging.join(name);
+            std::fs::write(&path, contents)
+                .and_then(|_| File::open(&path)?.sync_all())
+                .map_err(io_err(&path))?;
+            files.push(name.to_string());
         }
         let meta_path = staging.join("metadata.json");
         std::fs::write(&meta_path, self.meta.to_json()).map_err(io_err(&meta_path))?;

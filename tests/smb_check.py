@@ -6,6 +6,7 @@ its key, records are sorted by the nested-encoded key bytes, and the codec is
 what was asked. Prints {"records": [[bucket, shard, key], ...], ...} as JSON.
 Usage: smb_check.py DIR [CODEC]
 """
+import datetime
 import json
 import os
 import struct
@@ -34,6 +35,18 @@ def as_int(hash_type, data):
 def java_bucket(h, num_buckets):
     """Math.abs(h) % n as Java computes it (the vectors never hit Integer.MIN_VALUE)."""
     return (-h if h < 0 else h) % num_buckets
+
+
+def plain(o):
+    """JSON for what fastavro decodes logical types and bytes into."""
+    if isinstance(o, datetime.datetime):
+        return (o - EPOCH) // datetime.timedelta(milliseconds=1)
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    raise TypeError(type(o))
+
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def main():
@@ -68,7 +81,7 @@ def main():
                     assert prev is None or prev <= enc, (name, prev, enc)
                     prev = enc
                     records.append([b, s, key, rec])
-    print(json.dumps({"records": records}))
+    print(json.dumps({"records": records}, default=plain))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,12 @@ pub struct SmbOutputConfig {
     /// Events for it after that are written as a late-data sibling directory.
     #[serde(default = "zero_duration", with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// Late events for a partition already committed are collected into
+    /// one late-data sibling, committed once the watermark has moved this
+    /// much further (event time): a few amendments per partition, not one
+    /// per checkpoint.
+    #[serde(default = "default_amend_every", with = "humantime_serde")]
+    pub amend_every: Duration,
     /// Bytes of records the output holds in memory (over all open
     /// partitions) before sorted runs spill to `work_dir`.
     #[serde(default = "default_smb_memory_budget")]
@@ -135,6 +141,9 @@ fn default_deflate_level() -> u8 {
 }
 fn zero_duration() -> Duration {
     Duration::ZERO
+}
+fn default_amend_every() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_smb_memory_budget() -> usize {
     256 << 20

@@ -5,6 +5,7 @@ mod containment;
 mod http;
 mod restart;
 mod smb;
+mod smb_pipeline;
 mod sources;
 mod support;
 mod windows;

@@ -418,7 +418,11 @@ mod tests {
     /// Decodes with apache-avro's own reader (independent of this encoder).
     fn decode(datum: &[u8]) -> Value {
         let schema = Schema::parse_str(SCHEMA).unwrap();
-        apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap()
+        apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut &datum[..])
+            .unwrap()
     }
 
     #[test]

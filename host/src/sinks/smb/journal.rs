@@ -24,6 +24,9 @@ use super::writer::{io_err, SmbError};
 pub struct OutputState {
     pub version: u32,
     pub segments: Vec<SegmentState>,
+    /// The largest seal time so far (late segments are told apart by it).
+    #[serde(default)]
+    pub horizon_ms: Option<i64>,
 }
 
 impl OutputState {
@@ -43,6 +46,9 @@ pub struct SegmentState {
     pub records: u64,
     /// Sealed: no more records; published after the checkpoint commits.
     pub sealed: bool,
+    /// For a late segment: the seal horizon when it opened.
+    #[serde(default)]
+    pub late_since_ms: Option<i64>,
 }
 
 /// A new random segment id (16 hex digits).

@@ -97,6 +97,11 @@ pub const COMMIT_MARKER: &str = "_tessera_commit.json";
 struct Segment {
     id: String,
     start: i64,
+    /// For a late segment (its partition was past the seal horizon when it
+    /// opened): the horizon then. It is sealed once the horizon has moved
+    /// `amend_every` further, so late events are collected into a few
+    /// siblings instead of one per checkpoint.
+    late_since: Option<i64>,
     writer: PartitionWriter,
 }
 
@@ -124,6 +129,10 @@ pub struct SmbOutput {
     journal: Option<PathBuf>,
     /// Bytes buffered in memory over every segment.
     buffered: usize,
+    /// The largest `until` given to [`SmbOutput::seal_until`].
+    horizon: i64,
+    /// How far the horizon moves before a late segment is sealed.
+    amend_every_ms: i64,
 }
 
 impl SmbOutput {
@@ -143,7 +152,16 @@ impl SmbOutput {
             sealed: Vec::new(),
             journal: None,
             buffered: 0,
+            horizon: i64::MIN,
+            amend_every_ms: 0,
         })
+    }
+
+    /// Late segments (records for a partition already sealed) are sealed
+    /// once the seal horizon has moved this much further; 0 (the default)
+    /// seals them at the next [`seal_until`](Self::seal_until).
+    pub fn set_amend_every(&mut self, ms: i64) {
+        self.amend_every_ms = ms.max(0);
     }
 
     /// An output whose records are logged under `journal`, resumed from the
@@ -173,6 +191,7 @@ impl SmbOutput {
         let keep: Vec<&str> = state.segments.iter().map(|s| s.id.as_str()).collect();
         super::journal::remove_orphans(journal, &keep)?;
         out.journal = Some(journal.to_path_buf());
+        out.horizon = state.horizon_ms.unwrap_or(i64::MIN);
         for seg in &state.segments {
             if seg.sealed {
                 if let Some(done) = out.published_as(seg)? {
@@ -190,6 +209,7 @@ impl SmbOutput {
             let segment = Segment {
                 id: seg.id.clone(),
                 start: seg.partition_start_ms,
+                late_since: seg.late_since_ms,
                 writer,
             };
             if seg.sealed {
@@ -223,7 +243,17 @@ impl SmbOutput {
             if let Some(dir) = &self.journal {
                 writer.set_log(SegmentLog::create(dir, &id)?);
             }
-            self.open.insert(start, Segment { id, start, writer });
+            let size = self.granularity.millis();
+            let late_since = (start.saturating_add(size) <= self.horizon).then_some(self.horizon);
+            self.open.insert(
+                start,
+                Segment {
+                    id,
+                    start,
+                    late_since,
+                    writer,
+                },
+            );
         }
         Ok(self.open.get_mut(&start).expect("inserted"))
     }
@@ -305,14 +335,22 @@ impl SmbOutput {
     /// Seals the open segments of every partition that ends at or before
     /// `until_ms` (e.g. the watermark minus the allowed lateness): they take
     /// no more records (later ones open a new segment, published as a
-    /// late-data sibling). Returns how many were sealed.
+    /// late-data sibling). A late segment is sealed once `until_ms` is
+    /// `amend_every` past where it was when the segment opened (and always
+    /// for `i64::MAX`, the end of input). Returns how many were sealed.
     pub fn seal_until(&mut self, until_ms: i64) -> usize {
         let size = self.granularity.millis();
+        self.horizon = self.horizon.max(until_ms);
+        let amend_every = self.amend_every_ms;
         let due: Vec<i64> = self
             .open
-            .keys()
-            .copied()
-            .filter(|s| s.saturating_add(size) <= until_ms)
+            .iter()
+            .filter(|(start, seg)| match seg.late_since {
+                _ if until_ms == i64::MAX => true,
+                Some(since) => until_ms >= since.saturating_add(amend_every),
+                None => start.saturating_add(size) <= until_ms,
+            })
+            .map(|(start, _)| *start)
             .collect();
         for s in &due {
             let seg = self.open.remove(s).expect("open");
@@ -344,12 +382,14 @@ impl SmbOutput {
                     log_len: log.sync()?,
                     records,
                     sealed,
+                    late_since_ms: seg.late_since,
                 });
             }
         }
         Ok(OutputState {
             version: OutputState::VERSION,
             segments,
+            horizon_ms: (self.horizon > i64::MIN).then_some(self.horizon),
         })
     }
 
@@ -465,10 +505,14 @@ impl SmbOutput {
         // to this output (library use without a journal).
         let id = seg.id.clone();
         let start = seg.start;
+        let late_since = seg.late_since;
         let result = seg
             .writer
             .commit_with(&self.root, &dir, &[(COMMIT_MARKER, marker.as_bytes())])
-            .and_then(|_| self.root.append_commit_line(&marker));
+            .and_then(|_| {
+                super::writer::failpoint("smb-after-publish");
+                self.root.append_commit_line(&marker)
+            });
         match result {
             Ok(()) => {
                 if let Some(log) = log {
@@ -481,7 +525,7 @@ impl SmbOutput {
                     (Some(log), Some(journal)) => {
                         let len = log.len();
                         drop(log);
-                        self.rebuild(journal.clone(), &id, start, len).ok()
+                        self.rebuild(journal.clone(), &id, start, late_since, len).ok()
                     }
                     _ => None,
                 };
@@ -491,13 +535,21 @@ impl SmbOutput {
     }
 
     /// A sealed segment read back from its log (after a failed publish).
-    fn rebuild(&self, journal: PathBuf, id: &str, start: i64, len: u64) -> Result<Segment, SmbError> {
+    fn rebuild(
+        &self,
+        journal: PathBuf,
+        id: &str,
+        start: i64,
+        late_since: Option<i64>,
+        len: u64,
+    ) -> Result<Segment, SmbError> {
         let mut writer = self.new_writer(id)?;
         let log = SegmentLog::recover(&journal, id, len, |k, d| writer.add_encoded(k, d))?;
         writer.set_log(log);
         Ok(Segment {
             id: id.to_string(),
             start,
+            late_since,
             writer,
         })
     }

@@ -75,13 +75,14 @@ impl SmbSink {
             .map(serde_json::from_slice)
             .transpose()
             .map_err(|e| SmbError::Journal(format!("committed state of `{}`: {e}", cfg.name)))?;
-        let output = SmbOutput::recover(
+        let mut output = SmbOutput::recover(
             root,
             cfg.spec(schema),
             cfg.granularity,
             &work.join("journal"),
             state.as_ref(),
         )?;
+        output.set_amend_every(cfg.amend_every.as_millis() as i64);
         let mut sink = SmbSink {
             name: cfg.name.clone(),
             event_types: cfg.event_types.clone(),

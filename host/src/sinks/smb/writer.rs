@@ -387,6 +387,14 @@ pub(super) fn crash_failpoint(moved: usize) {
     }
 }
 
+/// Test failpoint: aborts the process when `TESSERA_FAILPOINT` is `name`
+/// (crash tests of the pipeline's output protocol use it).
+pub(super) fn failpoint(name: &str) {
+    if std::env::var("TESSERA_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}
+
 /// A sync marker that differs between partitions (Avro only needs it to be
 /// unlikely to occur in the data).
 fn sync_marker(dir: &Path) -> [u8; 16] {

@@ -367,11 +367,22 @@ pub fn s3_endpoint() -> &'static str {
 
 /// Creates a bucket on the test S3 server (named uniquely per call) and returns its name.
 pub fn s3_bucket(stem: &str) -> String {
+    let name = s3_bucket_name(stem);
+    s3_create_bucket(&name);
+    name
+}
+
+/// A bucket name unique in this test run (the bucket is not created).
+pub fn s3_bucket_name(stem: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
+    format!(
         "{stem}-{}",
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    )
+}
+
+/// Creates `name` on the test S3 server.
+pub fn s3_create_bucket(name: &str) {
     let script = format!(
         "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{name}')",
         s3_endpoint()
@@ -381,5 +392,4 @@ pub fn s3_bucket(stem: &str) -> String {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "creating bucket {name}");
-    name
 }

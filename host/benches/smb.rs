@@ -84,6 +84,7 @@ fn spec_with(schema: &str, buckets: u32, codec: Codec) -> SmbSpec {
         hash_type: HashType::Murmur3_128,
         codec,
         memory_budget: 256 << 20,
+        write_threads: 0,
     }
 }
 
@@ -117,6 +118,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut write_times = Vec::new();
     let mut null_times = Vec::new();
+    let mut serial_times = Vec::new();
     let mut out_bytes = 0;
     let (mut left, mut right) = (None, None);
     for run in 0..runs {
@@ -130,6 +132,16 @@ fn main() {
         write_times.push(t.elapsed());
         out_bytes = s.bytes;
         left = Some(out);
+        let t = Instant::now();
+        let mut one_thread = spec(EVENT, 64);
+        one_thread.write_threads = 1;
+        let mut w = PartitionWriter::new(one_thread, &dir.path().join("spill")).unwrap();
+        for v in &ev {
+            w.add(v).unwrap();
+        }
+        w.commit(&dir.path().join(format!("events-serial-{run}")))
+            .unwrap();
+        serial_times.push(t.elapsed());
         let t = Instant::now();
         let mut w =
             PartitionWriter::new(spec_with(EVENT, 64, Codec::Null), &dir.path().join("spill"))
@@ -152,6 +164,14 @@ fn main() {
     println!("SMB write: {n} events, 64 buckets, deflate 6: median {:.2} s = {:.2} M records/s, {:.1} MB/s of Avro-encoded records in, {:.1} MB/s of files out ({:.1} MB)",
         wt.as_secs_f64(), n as f64 / wt.as_secs_f64() / 1e6, encoded as f64 / wt.as_secs_f64() / 1e6, out_bytes as f64 / wt.as_secs_f64() / 1e6, out_bytes as f64 / 1e6);
 
+    let st = median(serial_times);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "SMB write, deflate 6, bucket files written by one thread instead of {cores}, same run: median {:.2} s = {:.2} M records/s ({:.2}x the parallel commit's time)",
+        st.as_secs_f64(),
+        n as f64 / st.as_secs_f64() / 1e6,
+        st.as_secs_f64() / wt.as_secs_f64()
+    );
     let nt = median(null_times);
     println!(
         "SMB write without compression (codec null), same run: median {:.2} s = {:.2} M records/s",

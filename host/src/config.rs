@@ -112,6 +112,10 @@ pub struct SmbOutputConfig {
     /// partitions) before sorted runs spill to `work_dir`.
     #[serde(default = "default_smb_memory_budget")]
     pub memory_budget_bytes: usize,
+    /// Threads that sort and compress a partition's bucket files when it
+    /// is committed; 0 (the default) uses every core.
+    #[serde(default)]
+    pub write_threads: usize,
     /// A local directory for the output. Exactly one of `path` and `s3`.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl SmbOutputConfig {
                 AvroCodec::Null => Codec::Null,
             },
             memory_budget: self.memory_budget_bytes,
+            write_threads: self.write_threads,
         }
     }
 

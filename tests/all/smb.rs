@@ -22,6 +22,7 @@ fn spec(buckets: u32, shards: u32, hash: HashType, codec: Codec, budget: usize) 
         hash_type: hash,
         codec,
         memory_budget: budget,
+        write_threads: 0,
     }
 }
 

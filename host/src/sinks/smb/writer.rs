@@ -36,6 +36,8 @@ pub struct SmbSpec {
     pub codec: Codec,
     /// Bytes of encoded records held in memory before sorted runs spill to disk.
     pub memory_budget: usize,
+    /// Threads that write a partition's bucket files at commit; 0: one per core.
+    pub write_threads: usize,
 }
 
 impl SmbSpec {
@@ -311,37 +313,64 @@ impl PartitionWriter {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
         std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-        let mut files = Vec::new();
-        let mut bytes = 0u64;
         let sync = sync_marker(&staging);
-        for bucket in 0..self.spec.num_buckets {
-            for shard in 0..self.spec.num_shards {
-                let slot = (bucket * self.spec.num_shards + shard) as usize;
-                let file_name = self.meta.file_name(bucket, shard);
-                let path = staging.join(&file_name);
-                let file = File::create(&path).map_err(io_err(&path))?;
-                let mut w = ContainerWriter::new(
-                    BufWriter::new(file),
-                    &self.spec.schema_json,
-                    self.spec.codec,
-                    sync,
-                )
-                .map_err(io_err(&path))?;
-                let mut memory = std::mem::take(&mut self.slots[slot]);
-                memory.sort_by(|a, b| a.key().cmp(b.key()));
-                merge_sorted(memory, &self.spills[slot], |_, datum| {
-                    w.append_encoded(datum)
-                })
-                .map_err(io_err(&path))?;
-                let (buf, _) = w.finish().map_err(io_err(&path))?;
-                let file = buf
-                    .into_inner()
-                    .map_err(|e| io_err(&path)(e.into_error()))?;
-                file.sync_all().map_err(io_err(&path))?;
-                bytes += file.metadata().map_err(io_err(&path))?.len();
-                files.push(file_name);
-            }
+        // Bucket files are independent: sort, merge and compress them on
+        // every core (DEFLATE is most of a commit's time).
+        let slots = (self.spec.num_buckets * self.spec.num_shards) as usize;
+        let queue: std::sync::Mutex<Vec<(usize, Vec<Buffered>)>> = std::sync::Mutex::new(
+            std::mem::take(&mut self.slots)
+                .into_iter()
+                .enumerate()
+                .rev()
+                .collect(),
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match self.spec.write_threads {
+            0 => cores,
+            n => n,
         }
+        .min(slots)
+            .max(1);
+        let written: Vec<Result<Vec<(usize, u64)>, SmbError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let next = queue.lock().expect("not poisoned").pop();
+                            let Some((slot, memory)) = next else {
+                                return Ok(done);
+                            };
+                            let bucket = slot as u32 / self.spec.num_shards;
+                            let shard = slot as u32 % self.spec.num_shards;
+                            let path = staging.join(self.meta.file_name(bucket, shard));
+                            let bytes = write_bucket_file(
+                                &path,
+                                &self.spec,
+                                sync,
+                                memory,
+                                &self.spills[slot],
+                            )?;
+                            done.push((slot, bytes));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("bucket writer panicked"))
+                .collect()
+        });
+        let mut bytes = 0u64;
+        for w in written {
+            bytes += w?.iter().map(|(_, b)| b).sum::<u64>();
+        }
+        let mut files: Vec<String> = (0..slots as u32)
+            .map(|slot| {
+                self.meta
+                    .file_name(slot / self.spec.num_shards, slot % self.spec.num_shards)
+            })
+            .collect();
         for (name, contents) in extra {
             let path = staging.join(name);
             std::fs::write(&path, contents)
@@ -363,6 +392,26 @@ impl PartitionWriter {
             spilled_runs: self.spills.iter().map(Vec::len).sum(),
         })
     }
+}
+
+/// Writes one bucket file: the in-memory records sorted, merged with the
+/// spilled runs, as an Avro container file, synced. Returns its size.
+fn write_bucket_file(
+    path: &Path,
+    spec: &SmbSpec,
+    sync: [u8; 16],
+    mut memory: Vec<Buffered>,
+    spills: &[PathBuf],
+) -> Result<u64, SmbError> {
+    let file = File::create(path).map_err(io_err(path))?;
+    let mut w = ContainerWriter::new(BufWriter::new(file), &spec.schema_json, spec.codec, sync)
+        .map_err(io_err(path))?;
+    memory.sort_by(|a, b| a.key().cmp(b.key()));
+    merge_sorted(memory, spills, |_, datum| w.append_encoded(datum)).map_err(io_err(path))?;
+    let (buf, _) = w.finish().map_err(io_err(path))?;
+    let file = buf.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(file.metadata().map_err(io_err(path))?.len())
 }
 
 impl Drop for PartitionWriter {

@@ -187,7 +187,9 @@ impl SmbOutputConfig {
         let mut p = Vec::new();
         let at = format!("output `{}`", self.name);
         if !valid_name(&self.name) {
-            p.push(format!("{at}: name must be non-empty letters, digits, - or _"));
+            p.push(format!(
+                "{at}: name must be non-empty letters, digits, - or _"
+            ));
         }
         if self.path.is_some() == self.s3.is_some() {
             p.push(format!("{at}: set exactly one of `path` and `s3`"));
@@ -201,9 +203,9 @@ impl SmbOutputConfig {
             p.push(format!("{at}: {e}"));
         }
         match (&self.schema, &self.schema_file) {
-            (Some(_), Some(_)) | (None, None) => {
-                p.push(format!("{at}: set exactly one of `schema` and `schema_file`"))
-            }
+            (Some(_), Some(_)) | (None, None) => p.push(format!(
+                "{at}: set exactly one of `schema` and `schema_file`"
+            )),
             (Some(schema), None) => {
                 if let Err(errors) = crate::sinks::smb::EventEncoder::new(schema, &self.key_field) {
                     p.extend(errors.into_iter().map(|e| format!("{at}: {e}")));
@@ -762,7 +764,10 @@ mod tests {
         );
         let cfg = Config::parse(&good).unwrap();
         let OutputConfig::Smb(o) = &cfg.outputs[0];
-        assert_eq!((o.shards, o.deflate_level, o.codec), (1, 6, AvroCodec::Deflate));
+        assert_eq!(
+            (o.shards, o.deflate_level, o.codec),
+            (1, 6, AvroCodec::Deflate)
+        );
         assert_eq!(o.work_dir(), PathBuf::from("out/views/.tessera"));
         let bad = format!(
             "{MINIMAL}\n[[outputs]]\ntype = \"smb\"\nname = \"v v\"\nkey_field = \"nope\"\nbuckets = 6\nschema = '{schema}'\ndeflate_level = 12\n"
@@ -772,10 +777,18 @@ mod tests {
         };
         // name, neither path nor s3, bucket count, key field, deflate level
         assert_eq!(problems.len(), 5, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("power of two")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("`nope`")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("power of two")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("`nope`")),
+            "{problems:?}"
+        );
         let twice = format!("{good}\n{}", &good[MINIMAL.len()..]);
-        assert!(matches!(Config::parse(&twice), Err(ConfigError::Invalid(p)) if p[0].contains("used twice")));
+        assert!(
+            matches!(Config::parse(&twice), Err(ConfigError::Invalid(p)) if p[0].contains("used twice"))
+        );
         assert!(Config::parse(&good.replace("buckets = 8", "buckets = 8\nbukets = 2")).is_err());
     }
 

@@ -45,21 +45,7 @@ fn event(user: Option<&str>, ts: i64, kind: &str) -> Value {
 
 /// Runs the independent checker; returns (bucket, shard, key, ts) per record.
 fn check(dir: &Path, codec: &str) -> Vec<(u32, u32, String, i64)> {
-    let out = std::process::Command::new(support::python_with_avro())
-        .arg(support::workspace_root().join("tests/smb_check.py"))
-        .arg(dir)
-        .arg(codec)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smb_check.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["records"]
-        .as_array()
-        .unwrap()
+    support::smb_check(dir, codec)
         .iter()
         .map(|r| {
             (

@@ -87,10 +87,17 @@ fn read_output(root: &Path) -> (BTreeMap<String, Vec<Row>>, Vec<serde_json::Valu
     let mut sorted = dirs_in_log.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(sorted.len(), dirs_in_log.len(), "a directory committed twice: {dirs_in_log:?}");
+    assert_eq!(
+        sorted.len(),
+        dirs_in_log.len(),
+        "a directory committed twice: {dirs_in_log:?}"
+    );
     let mut on_disk = committed_dirs(root, root);
     on_disk.sort();
-    assert_eq!(on_disk, sorted, "every committed directory has one commit line");
+    assert_eq!(
+        on_disk, sorted,
+        "every committed directory has one commit line"
+    );
     (by_partition, log)
 }
 
@@ -110,22 +117,8 @@ fn committed_dirs(root: &Path, dir: &Path) -> Vec<String> {
 }
 
 fn check_dir(dir: &Path) -> Vec<Row> {
-    let out = Command::new(support::python_with_avro())
-        .arg(support::workspace_root().join("tests/smb_check.py"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smb_check.py {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(dir.join(tessera::sinks::smb::COMMIT_MARKER).exists());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["records"]
-        .as_array()
-        .unwrap()
+    support::smb_check(dir, "deflate")
         .iter()
         .map(|r| {
             let rec = &r[3];
@@ -159,10 +152,19 @@ fn assert_same(mut got: BTreeMap<String, Vec<Row>>, mut want: BTreeMap<String, V
     for v in got.values_mut().chain(want.values_mut()) {
         v.sort();
     }
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (k, w) in &want {
         let g = &got[k];
-        assert_eq!(g.len(), w.len(), "{k}: {} records, expected {}", g.len(), w.len());
+        assert_eq!(
+            g.len(),
+            w.len(),
+            "{k}: {} records, expected {}",
+            g.len(),
+            w.len()
+        );
         assert!(g == w, "{k}: records differ from the events");
     }
 }
@@ -205,7 +207,10 @@ fn pipeline_output_holds_each_event_once_in_its_hour_and_late_ones_in_siblings()
     let (got, log) = read_output(&dir.path().join("out"));
     assert_same(got, expected(&events, &["view", "like"]));
     assert!(
-        log.iter().filter(|l| l["amends"].as_bool().unwrap()).count() >= 2,
+        log.iter()
+            .filter(|l| l["amends"].as_bool().unwrap())
+            .count()
+            >= 2,
         "late events amended committed hours: {log:?}"
     );
     assert_eq!(stats.output_partitions as usize, log.len());
@@ -213,7 +218,9 @@ fn pipeline_output_holds_each_event_once_in_its_hour_and_late_ones_in_siblings()
     // committed as one sibling per checkpoint.
     let mut per_hour: BTreeMap<&str, usize> = BTreeMap::new();
     for l in &log {
-        *per_hour.entry(l["partition"].as_str().unwrap()).or_default() += 1;
+        *per_hour
+            .entry(l["partition"].as_str().unwrap())
+            .or_default() += 1;
     }
     assert!(per_hour.values().all(|n| *n <= 4), "{per_hour:?}");
     // Events without the key go to the dead letter from the output stage
@@ -267,13 +274,20 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
     };
     // 1. Abort after 5 of 16 bucket files of the first published partition
     //    moved in (the checkpoint that sealed it had committed).
-    let status = run(&[("TESSERA_FAILPOINT_SMB_COMMIT_CRASH", "5")]).wait().unwrap();
+    let status = run(&[("TESSERA_FAILPOINT_SMB_COMMIT_CRASH", "5")])
+        .wait()
+        .unwrap();
     assert!(!status.success(), "the first run must crash mid-publish");
     assert!(committed_dirs(&dir.path().join("out"), &dir.path().join("out")).is_empty());
     // 2. Restart: the sealed partition is published again from its journal,
     //    then abort after its metadata.json, before its commit line.
-    let status = run(&[("TESSERA_FAILPOINT", "smb-after-publish")]).wait().unwrap();
-    assert!(!status.success(), "the second run must crash after a publish");
+    let status = run(&[("TESSERA_FAILPOINT", "smb-after-publish")])
+        .wait()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the second run must crash after a publish"
+    );
     let out = dir.path().join("out");
     assert_eq!(committed_dirs(&out, &out).len(), 1);
     assert!(support::read_ndjson(&out.join("_commits.ndjson")).is_empty());
@@ -282,7 +296,9 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
     for wait_ms in [400u64, 900] {
         let mut child = run(&[]);
         let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(wait_ms) && child.try_wait().unwrap().is_none() {
+        while started.elapsed() < Duration::from_millis(wait_ms)
+            && child.try_wait().unwrap().is_none()
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         if child.try_wait().unwrap().is_none() {
@@ -300,7 +316,10 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
         "the last run resumes (killed {kills} times)"
     );
     let (got, _) = read_output(&out);
-    assert_same(got, expected(&events, &["view", "like", "share", "comment"]));
+    assert_same(
+        got,
+        expected(&events, &["view", "like", "share", "comment"]),
+    );
     let cfg = tessera::Config::load(&cfg_path).unwrap();
     let store = tessera::stores::open(&cfg.store).unwrap();
     crate::windows::check_windows(store.as_ref(), &events, 5, 200);
@@ -318,15 +337,23 @@ fn bad_output_config_fails_before_any_record() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.ndjson");
     support::write_ndjson(&input, &support::events(1, 10, HOUR, 0, None));
-    let section = output_section(dir.path(), "[]", "")
-        .replace(&format!("schema = '{}'", SCHEMA.replace('\n', " ")), "schema_file = \"/nonexistent/x.avsc\"");
+    let section = output_section(dir.path(), "[]", "").replace(
+        &format!("schema = '{}'", SCHEMA.replace('\n', " ")),
+        "schema_file = \"/nonexistent/x.avsc\"",
+    );
     let cfg = tessera::Config::parse(&support::config(dir.path(), &input, "", &section)).unwrap();
     let store = tessera::stores::open(&cfg.store).unwrap();
-    let err = tessera::Pipeline::build(cfg, store).err().expect("must fail");
+    let err = tessera::Pipeline::build(cfg, store)
+        .err()
+        .expect("must fail");
     let text = err.to_string();
-    assert!(text.contains("output `interactions`") && text.contains("x.avsc"), "{text}");
+    assert!(
+        text.contains("output `interactions`") && text.contains("x.avsc"),
+        "{text}"
+    );
     let bad_schema = output_section(dir.path(), "[]", "").replace("\"string\"}", "\"long\"}");
-    let Err(e) = tessera::Config::parse(&support::config(dir.path(), &input, "", &bad_schema)) else {
+    let Err(e) = tessera::Config::parse(&support::config(dir.path(), &input, "", &bad_schema))
+    else {
         panic!("a key field that is not a string must be refused")
     };
     assert!(e.to_string().contains("must be a string"), "{e}");
@@ -355,12 +382,17 @@ fn s3_output_unavailable_then_back_loses_nothing() {
     let cfg = support::config(dir.path(), &input, "checkpoint_events = 4000", &section);
     {
         let (_store, mut p) = support::build(&cfg);
-        let err = p.run(&mut |_| {}).expect_err("the bucket does not exist yet");
+        let err = p
+            .run(&mut |_| {})
+            .expect_err("the bucket does not exist yet");
         assert!(err.to_string().contains("output `interactions`"), "{err}");
     }
     support::s3_create_bucket(&bucket);
     let (_, stats) = support::run(&cfg);
-    assert_eq!(stats.records_in, 0, "the input was committed by the first run");
+    assert_eq!(
+        stats.records_in, 0,
+        "the input was committed by the first run"
+    );
     let location = S3Location {
         bucket,
         prefix: "views".into(),
@@ -375,7 +407,9 @@ fn s3_output_unavailable_then_back_loses_nothing() {
     for line in log.lines() {
         let c: tessera::sinks::smb::CommittedPartition = serde_json::from_str(line).unwrap();
         let local = root.local_copy(&c.dir).unwrap();
-        got.entry(c.partition).or_default().extend(check_dir(&local));
+        got.entry(c.partition)
+            .or_default()
+            .extend(check_dir(&local));
     }
     assert_same(got, expected(&events, &["view"]));
 }

@@ -393,3 +393,24 @@ pub fn s3_create_bucket(name: &str) {
         .is_ok_and(|s| s.success());
     assert!(ok, "creating bucket {name}");
 }
+
+/// Runs the independent SMB checker (`tests/smb_check.py`: fastavro reads
+/// every bucket file, mmh3 recomputes each record's bucket, sort order and
+/// codec are checked) on one committed directory; returns its records as
+/// `[bucket, shard, key, record]`.
+pub fn smb_check(dir: &Path, codec: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(python_with_avro())
+        .arg(workspace_root().join("tests/smb_check.py"))
+        .arg(dir)
+        .arg(codec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smb_check.py {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::mem::take(v["records"].as_array_mut().unwrap())
+}

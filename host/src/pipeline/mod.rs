@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::OutputConfig;
 use crate::config::{Config, QuarantineAction};
 use crate::error::PipelineError;
 use crate::plugin::{
@@ -34,7 +35,6 @@ use crate::plugin::{
 use crate::record::{
     bytes_at, now_ms, select_events, select_raw, EventBatch, LateBatch, LateDecision, RawBatch,
 };
-use crate::config::OutputConfig;
 use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
@@ -276,12 +276,12 @@ impl Pipeline {
         let watermark = self.watermarks.current();
         let mut output_states = Vec::new();
         for o in &mut self.outputs {
-            let state = o
-                .prepare(watermark, self.end_of_input)
-                .map_err(|source| PipelineError::Output {
+            let state = o.prepare(watermark, self.end_of_input).map_err(|source| {
+                PipelineError::Output {
                     output: o.name().to_string(),
                     source,
-                })?;
+                }
+            })?;
             output_states.push(state);
         }
         self.dead_letter.sync()?;

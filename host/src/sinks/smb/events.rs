@@ -174,7 +174,9 @@ impl EventEncoder {
             None if key_field.contains('.') => problems.push(format!(
                 "key field `{key_field}`: pipeline outputs take a top-level field (events are flat)"
             )),
-            None => problems.push(format!("key field `{key_field}` is not a field of the schema")),
+            None => problems.push(format!(
+                "key field `{key_field}` is not a field of the schema"
+            )),
             Some(f) if f.ty != FieldType::String => problems.push(format!(
                 "key field `{key_field}` must be a string (keyClass java.lang.String)"
             )),
@@ -220,7 +222,9 @@ impl EventEncoder {
                 FieldSource::EventTime => Cell::Long(events.event_time[row]),
                 FieldSource::IngestionTime => {
                     let src = events.source_row[row] as usize;
-                    raw.timestamps.get(src).map_or(Cell::Absent, |t| Cell::Long(*t))
+                    raw.timestamps
+                        .get(src)
+                        .map_or(Cell::Absent, |t| Cell::Long(*t))
                 }
                 FieldSource::EventType => events
                     .type_names
@@ -286,13 +290,7 @@ fn encode_field(f: &Field, cell: Cell<'_>, out: &mut Vec<u8>) -> Result<(), Stri
     if let Some((_, value)) = f.nullable {
         put_i64(out, value);
     }
-    let mismatch = |what: &str| {
-        format!(
-            "field `{}` ({}) cannot take {what}",
-            f.name,
-            f.ty.name()
-        )
-    };
+    let mismatch = |what: &str| format!("field `{}` ({}) cannot take {what}", f.name, f.ty.name());
     let integral = |x: f64| -> Result<i64, String> {
         if x.fract() == 0.0 && x.abs() <= EXACT_F64 {
             Ok(x as i64)
@@ -353,8 +351,8 @@ fn encode_field(f: &Field, cell: Cell<'_>, out: &mut Vec<u8>) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apache_avro::types::Value;
     use crate::record::RawBatchBuilder;
+    use apache_avro::types::Value;
 
     const SCHEMA: &str = r#"{"type":"record","name":"E","fields":[
       {"name":"user_id","type":"string"},
@@ -433,10 +431,15 @@ mod tests {
         let mut d = Vec::new();
         let key = enc.encode(&events, &raw, &cols, 0, &mut d).unwrap();
         assert_eq!(key, b"u1");
-        let Value::Record(fields) = decode(&d) else { panic!() };
+        let Value::Record(fields) = decode(&d) else {
+            panic!()
+        };
         let get = |n: &str| fields.iter().find(|(k, _)| k == n).unwrap().1.clone();
         assert_eq!(get("user_id"), Value::String("u1".into()));
-        assert_eq!(get("post_id"), Value::Union(1, Box::new(Value::String("p".into()))));
+        assert_eq!(
+            get("post_id"),
+            Value::Union(1, Box::new(Value::String("p".into())))
+        );
         assert_eq!(get("event_time"), Value::TimestampMillis(1000));
         assert_eq!(get("ingestion_time"), Value::Long(111));
         assert_eq!(get("event_type"), Value::String("view".into()));
@@ -452,18 +455,27 @@ mod tests {
         let enc = EventEncoder::new(SCHEMA, "user_id").unwrap();
         let (events, raw) = batch();
         let cols = enc.columns(&events);
-        let err = enc.encode(&events, &raw, &cols, 1, &mut Vec::new()).unwrap_err();
+        let err = enc
+            .encode(&events, &raw, &cols, 1, &mut Vec::new())
+            .unwrap_err();
         assert!(err.contains("`dwell_ms`") && err.contains("1.5"), "{err}");
         let mut events2 = events.clone();
         events2.columns[2].values = ColumnValues::Float64(vec![7.0, 2.0]);
         let cols = enc.columns(&events2);
-        let err = enc.encode(&events2, &raw, &cols, 1, &mut Vec::new()).unwrap_err();
-        assert!(err.contains("`n`") && err.contains("out of int range"), "{err}");
+        let err = enc
+            .encode(&events2, &raw, &cols, 1, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            err.contains("`n`") && err.contains("out of int range"),
+            "{err}"
+        );
         // A missing non-nullable key.
         let mut no_key = events.clone();
         no_key.columns.remove(0);
         let cols = enc.columns(&no_key);
-        let err = enc.encode(&no_key, &raw, &cols, 0, &mut Vec::new()).unwrap_err();
+        let err = enc
+            .encode(&no_key, &raw, &cols, 0, &mut Vec::new())
+            .unwrap_err();
         assert!(err.contains("key field `user_id` has no value"), "{err}");
     }
 

@@ -126,7 +126,10 @@ impl SegmentLog {
                 .and_then(|_| r.read_exact(&mut datum))
                 .map_err(io_err(&path))?;
             let key = std::str::from_utf8(&key).map_err(|_| {
-                SmbError::Journal(format!("{}: a key at byte {at} is not UTF-8", path.display()))
+                SmbError::Journal(format!(
+                    "{}: a key at byte {at} is not UTF-8",
+                    path.display()
+                ))
             })?;
             each(key, &datum)?;
             at += 8 + (k + d) as u64;

@@ -26,9 +26,9 @@ pub mod store;
 pub mod writer;
 
 pub use bucketer::{bucket_of, encode_key, HashType};
-pub use metadata::{BucketMetadata, LayoutError};
 pub use events::EventEncoder;
 pub use journal::{OutputState, SegmentState};
+pub use metadata::{BucketMetadata, LayoutError};
 pub use output::{CommittedPartition, Granularity, SmbOutput, COMMIT_MARKER};
 pub use reader::{smb_join, JoinStats, SmbSource};
 pub use sink::{OutputStats, SmbSink};

@@ -270,7 +270,12 @@ impl SmbOutput {
 
     /// Adds a record already encoded in Avro binary (see
     /// [`PartitionWriter::add_encoded`]).
-    pub fn add_encoded(&mut self, event_time_ms: i64, key: &str, datum: &[u8]) -> Result<(), SmbError> {
+    pub fn add_encoded(
+        &mut self,
+        event_time_ms: i64,
+        key: &str,
+        datum: &[u8],
+    ) -> Result<(), SmbError> {
         let start = self.partition_of(event_time_ms);
         let seg = self.segment(start)?;
         let before = seg.writer.buffered_bytes();
@@ -437,7 +442,10 @@ impl SmbOutput {
     }
 
     fn base_dir(&self, start: i64) -> String {
-        self.granularity.dir_of(start).to_string_lossy().into_owned()
+        self.granularity
+            .dir_of(start)
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// The commit of segment `seg`, when a directory of its partition
@@ -525,7 +533,8 @@ impl SmbOutput {
                     (Some(log), Some(journal)) => {
                         let len = log.len();
                         drop(log);
-                        self.rebuild(journal.clone(), &id, start, late_since, len).ok()
+                        self.rebuild(journal.clone(), &id, start, late_since, len)
+                            .ok()
                     }
                     _ => None,
                 };

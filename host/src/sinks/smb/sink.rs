@@ -122,7 +122,11 @@ impl SmbSink {
         let mut rejected = Vec::new();
         for row in 0..events.len as usize {
             if let Some(w) = &wanted {
-                if !w.get(events.event_type[row] as usize).copied().unwrap_or(false) {
+                if !w
+                    .get(events.event_type[row] as usize)
+                    .copied()
+                    .unwrap_or(false)
+                {
                     continue;
                 }
             }

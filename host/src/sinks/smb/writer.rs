@@ -330,7 +330,7 @@ impl PartitionWriter {
             n => n,
         }
         .min(slots)
-            .max(1);
+        .max(1);
         let written: Vec<Result<Vec<(usize, u64)>, SmbError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {

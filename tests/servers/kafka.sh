@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs a single Apache Kafka broker (KRaft combined mode: broker and
+# controller in one process) on loopback, in the foreground, for the tests.
+#   tests/servers/kafka.sh DIR PORT CONTROLLER_PORT
+# DIR gets a fresh config, log4j2 config and data directory. The jars come
+# from Maven Central through kafka/pom.xml, cached in
+# ~/.cache/tessera/kafka-<version>/lib (downloaded once). Ready when the log
+# says "Kafka Server started" (or a client's metadata request succeeds).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dir=$1 port=$2 cport=$3
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
+lib=${HOME:-/root}/.cache/tessera/kafka-$version/lib
+if [ ! -f "$lib/.complete" ]; then
+  mkdir -p "$lib"
+  mvn -q -f "$here/kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$lib" >&2
+  touch "$lib/.complete"
+fi
+mkdir -p "$dir/data" "$dir/logs"
+cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.io.threads=2
+num.network.threads=2
+log.flush.interval.messages=9223372036854775807
+PROPS
+cat > "$dir/log4j2.properties" <<'LOG'
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = info
+logger.server.name = kafka.server.BrokerServer
+logger.server.level = info
+LOG
+cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+java_cmd=(java -Xms384m -Xmx384m -XX:+UseSerialGC -Dlog4j2.configurationFile="$dir/log4j2.properties"
+  -Dkafka.logs.dir="$dir/logs" -cp "$lib/*")
+"${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" --ignore-formatted >/dev/null
+exec "${java_cmd[@]}" kafka.Kafka "$dir/server.properties"

@@ -284,6 +284,29 @@ pub enum SourceConfig {
         #[serde(default)]
         format: FileFormat,
     },
+    /// Kafka-API topics (Apache Kafka, Redpanda) read in a consumer group.
+    Kafka {
+        topics: Vec<String>,
+        /// The consumer group; defaults to the pipeline name.
+        #[serde(default)]
+        group_id: Option<String>,
+        /// librdkafka properties, passed through unchanged
+        /// (`bootstrap.servers`, `security.protocol`, `sasl.*`, ...).
+        #[serde(default)]
+        properties: std::collections::BTreeMap<String, String>,
+        /// The longest a read waits for records before the pipeline gets
+        /// to checkpoint and check for a stop.
+        #[serde(default = "default_poll_timeout", with = "humantime_serde")]
+        poll_timeout: Duration,
+        /// End the run once no record has arrived for this long (catch-up
+        /// and backfill jobs, tests); unset: run until stopped.
+        #[serde(default, with = "opt_humantime_serde")]
+        idle_exit: Option<Duration>,
+    },
+}
+
+fn default_poll_timeout() -> Duration {
+    Duration::from_millis(100)
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -580,6 +603,7 @@ impl Config {
         };
         match &mut self.source {
             SourceConfig::File { path, .. } => fix(path),
+            SourceConfig::Kafka { .. } => {}
         }
         fix(&mut self.parser.path);
         for f in &mut self.features {
@@ -629,6 +653,30 @@ impl Config {
         }
         if p.checkpoint_events == 0 {
             problems.push("pipeline.checkpoint_events must be at least 1".into());
+        }
+        if let SourceConfig::Kafka {
+            topics,
+            properties,
+            poll_timeout,
+            ..
+        } = &self.source
+        {
+            if topics.is_empty() || topics.iter().any(String::is_empty) {
+                problems.push("source.topics must name at least one topic".into());
+            }
+            if !properties.contains_key("bootstrap.servers") {
+                problems.push("source.properties needs `bootstrap.servers`".into());
+            }
+            for forced in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
+                if properties.contains_key(forced) {
+                    problems.push(format!(
+                        "source.properties: `{forced}` is set by Tessera (offsets are committed with the tiles; use source.group_id for the group)"
+                    ));
+                }
+            }
+            if poll_timeout.is_zero() || *poll_timeout > Duration::from_secs(10) {
+                problems.push("source.poll_timeout must be between 1ms and 10s".into());
+            }
         }
         if self.features.is_empty() {
             problems.push("at least one [[features]] plugin is required".into());
@@ -707,6 +755,26 @@ mod humantime_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+/// `Option<Duration>` fields written as `5s`, or left out.
+mod opt_humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::humantime_serde::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
     }
 }

@@ -37,6 +37,8 @@ pub enum SourceError {
     },
     #[error("no input files in {0}")]
     NoFiles(PathBuf),
+    #[error("Kafka: {0}")]
+    Kafka(String),
 }
 
 /// A sink (dead letter, side output) could not be written.

@@ -3,6 +3,7 @@
 
 mod containment;
 mod http;
+mod kafka;
 mod restart;
 mod smb;
 mod smb_pipeline;

@@ -414,3 +414,100 @@ pub fn smb_check(dir: &Path, codec: &str) -> Vec<serde_json::Value> {
     let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     std::mem::take(v["records"].as_array_mut().unwrap())
 }
+
+/// A real Apache Kafka broker (KRaft, one process) for the whole test run,
+/// started by `tests/servers/kafka.sh` (jars from Maven Central, cached in
+/// `~/.cache/tessera`) on free loopback ports; a watchdog shell stops it
+/// when the test process exits. Returns `bootstrap.servers`.
+pub fn kafka_bootstrap() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, cport) = (free(), free());
+        let dir = std::env::temp_dir().join(format!("tessera-kafka-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("broker.log");
+        let script = format!(
+            "'{}' '{}' {port} {cport} >'{}' 2>&1 & k=$!; while kill -0 {} 2>/dev/null && kill -0 $k 2>/dev/null; do sleep 0.5; done; kill $k 2>/dev/null; wait $k; rm -rf '{}'",
+            workspace_root().join("tests/servers/kafka.sh").display(),
+            dir.join("broker").display(),
+            log.display(),
+            std::process::id(),
+            dir.join("broker").display(),
+        );
+        #[allow(clippy::zombie_processes)]
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the Kafka broker");
+        // The first run on a machine downloads the jars.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Kafka Server started") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Kafka broker did not start; its log:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        format!("127.0.0.1:{port}")
+    })
+}
+
+/// Creates `topic` with `partitions` partitions on the test broker.
+pub fn kafka_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let r = futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
+    assert!(r.iter().all(|r| r.is_ok()), "creating {topic}: {r:?}");
+}
+
+/// Produces `(partition, key, payload)` messages and waits until all are
+/// acknowledged. In a new topic, the n-th message of a partition has offset n.
+pub fn kafka_produce(topic: &str, messages: &[(i32, String, Vec<u8>)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (p, key, payload) in messages {
+        let mut record = BaseRecord::to(topic)
+            .partition(*p)
+            .key(key)
+            .payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(60)).unwrap();
+}

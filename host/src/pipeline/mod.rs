@@ -178,7 +178,7 @@ impl Pipeline {
             })
             .collect();
 
-        let source = sources::build(&cfg.source, store.as_ref(), &cfg.pipeline.name)?;
+        let source = sources::build(&cfg.source, &store, &cfg.pipeline.name)?;
         let committed_len = |key: &str| -> Result<Option<u64>, PipelineError> {
             Ok(store
                 .position(&cfg.pipeline.name, key)?
@@ -236,9 +236,14 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
-                self.end_of_input = true;
+                self.end_of_input = self.source.is_bounded();
                 break;
             };
+            if batch.rolled_back {
+                self.roll_back()?;
+                last_checkpoint = Instant::now();
+                continue;
+            }
             self.process(batch)?;
             if self.tiler.pending_updates() >= self.cfg.pipeline.checkpoint_events
                 || last_checkpoint.elapsed() >= self.cfg.pipeline.checkpoint_interval
@@ -307,6 +312,47 @@ impl Pipeline {
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
         self.publish_outputs()
+    }
+
+    /// Drops everything since the last checkpoint (the source has gone back
+    /// to its committed positions): tile deltas, dead letters and side
+    /// output past their committed lengths, output records past their
+    /// committed state, and the watermarks (rebuilt from what is re-read).
+    fn roll_back(&mut self) -> Result<(), PipelineError> {
+        self.tiler = Tiler::new();
+        let name = self.cfg.pipeline.name.clone();
+        let committed_len =
+            |store: &Arc<dyn TileStore>, key: &str| -> Result<Option<u64>, PipelineError> {
+                Ok(store
+                    .position(&name, key)?
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map(u64::from_be_bytes))
+            };
+        self.dead_letter
+            .roll_back(committed_len(&self.store, DEAD_LETTER_KEY)?)?;
+        self.side_output
+            .roll_back(committed_len(&self.store, SIDE_OUTPUT_KEY)?)?;
+        let mut outputs = Vec::new();
+        for o in &self.cfg.outputs {
+            match o {
+                OutputConfig::Smb(c) => {
+                    // Close the old one first: it holds the journal's files.
+                    self.outputs.retain(|s| s.name() != c.name);
+                    let state = self.store.position(&name, &SmbSink::state_key(&c.name))?;
+                    outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
+                        PipelineError::Output {
+                            output: c.name.clone(),
+                            source,
+                        }
+                    })?);
+                }
+            }
+        }
+        self.outputs = outputs;
+        self.watermarks = Watermarks::new(self.cfg.watermark.out_of_orderness.as_millis() as i64);
+        self.stats.rollbacks += 1;
+        tracing::info!("rolled back to the last checkpoint");
+        Ok(())
     }
 
     /// Phase 2 of a checkpoint: every output publishes what it sealed.

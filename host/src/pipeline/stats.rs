@@ -26,6 +26,8 @@ pub struct RunStats {
     pub output_records: u64,
     pub output_partitions: u64,
     pub checkpoints: u64,
+    /// Times the pipeline went back to its last checkpoint (rebalances).
+    pub rollbacks: u64,
     #[serde(with = "secs")]
     pub elapsed: Duration,
 }

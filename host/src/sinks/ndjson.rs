@@ -18,6 +18,9 @@ pub struct NdjsonSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     len: u64,
+    /// The length when opened: where a roll-back with nothing committed
+    /// cuts back to.
+    opened_len: u64,
 }
 
 impl NdjsonSink {
@@ -28,6 +31,7 @@ impl NdjsonSink {
             path: path.to_owned(),
             out: None,
             len,
+            opened_len: len,
         }
     }
 
@@ -46,9 +50,25 @@ impl NdjsonSink {
                 f.sync_all().map_err(|e| sink.err(e))?;
                 tracing::info!(path = %path.display(), cut = sink.len - committed, "cut uncommitted rows from the end of the file");
                 sink.len = committed;
+                sink.opened_len = committed;
             }
         }
         Ok(sink)
+    }
+
+    /// Forgets what was written after `committed_len` (a pipeline rolling
+    /// back to its last checkpoint): unflushed rows are dropped unwritten and
+    /// the file is cut back.
+    pub fn roll_back(&mut self, committed_len: Option<u64>) -> Result<(), SinkError> {
+        if let Some(out) = self.out.take() {
+            // Drops the buffer without writing it.
+            let _ = out.into_parts();
+        }
+        let path = self.path.clone();
+        let opened = self.opened_len;
+        *self = NdjsonSink::resume(&path, Some(committed_len.unwrap_or(opened)))?;
+        self.opened_len = opened;
+        Ok(())
     }
 
     /// The file length to commit with a checkpoint (call after [`sync`](Self::sync)).

@@ -8,9 +8,10 @@
 //! silently skipped.
 //!
 //! One folder per source kind: `file/` (NDJSON and Avro files, for local runs
-//! and backfills). Kafka-API topics come next.
+//! and backfills) and `kafka/` (Kafka-API topics in a consumer group).
 
 pub mod file;
+pub mod kafka;
 
 use crate::config::SourceConfig;
 use crate::error::SourceError;
@@ -18,6 +19,7 @@ use crate::record::RawBatch;
 use crate::stores::TileStore;
 
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 
 /// A record (or part of a file) the source could not turn into a raw record.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,29 @@ pub struct ReadError {
 pub struct SourceBatch {
     pub raw: RawBatch,
     pub read_errors: Vec<ReadError>,
+    /// The source lost partitions (a consumer-group rebalance) and went back
+    /// to its committed positions: the pipeline must drop everything it has
+    /// not committed. Such a batch holds no records.
+    pub rolled_back: bool,
+}
+
+impl SourceBatch {
+    /// No records this time (an unbounded source with nothing new).
+    pub fn empty() -> Self {
+        SourceBatch {
+            raw: crate::record::RawBatchBuilder::new("", 0).finish(),
+            read_errors: Vec::new(),
+            rolled_back: false,
+        }
+    }
+
+    /// See [`SourceBatch::rolled_back`].
+    pub fn rolled_back() -> Self {
+        SourceBatch {
+            rolled_back: true,
+            ..SourceBatch::empty()
+        }
+    }
 }
 
 pub trait Source: Send {
@@ -45,17 +70,42 @@ pub trait Source: Send {
 
     /// Where the source is, for progress lines.
     fn describe_position(&self) -> String;
+
+    /// Whether the end of [`next_batch`](Self::next_batch)'s input is the end
+    /// of the data (files: outputs then seal every partition), rather than
+    /// a pause of an unbounded stream.
+    fn is_bounded(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the configured source, resumed from the positions committed in `store`.
 pub fn build(
     cfg: &SourceConfig,
-    store: &dyn TileStore,
+    store: &std::sync::Arc<dyn TileStore>,
     pipeline: &str,
 ) -> Result<Box<dyn Source>, crate::error::PipelineError> {
     match cfg {
-        SourceConfig::File { path, format } => {
-            Ok(Box::new(FileSource::open(path, *format, store, pipeline)?))
-        }
+        SourceConfig::File { path, format } => Ok(Box::new(FileSource::open(
+            path,
+            *format,
+            store.as_ref(),
+            pipeline,
+        )?)),
+        SourceConfig::Kafka {
+            topics,
+            group_id,
+            properties,
+            poll_timeout,
+            idle_exit,
+        } => Ok(Box::new(KafkaSource::open(
+            topics,
+            group_id.as_deref().unwrap_or(pipeline),
+            properties,
+            *poll_timeout,
+            *idle_exit,
+            store.clone(),
+            pipeline,
+        )?)),
     }
 }

@@ -200,7 +200,11 @@ impl Source for FileSource {
                             file.pos.done = true;
                             self.current += 1;
                             let raw = RawBatchBuilder::new(&topic, 0).finish();
-                            return Ok(Some(SourceBatch { raw, read_errors }));
+                            return Ok(Some(SourceBatch {
+                                raw,
+                                read_errors,
+                                rolled_back: false,
+                            }));
                         }
                         other => return Err(other),
                     }
@@ -308,6 +312,7 @@ impl Source for FileSource {
             return Ok(Some(SourceBatch {
                 raw: batch.finish(),
                 read_errors,
+                rolled_back: false,
             }));
         }
     }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Kafka source throughput: the `tessera` binary over N generated quickstart
+# events (default 1,000,000) read from a local Apache Kafka broker (4
+# partitions) against the same events read from a file, same config
+# otherwise (the quickstart's plugins and features, embedded store, no SMB
+# output), alternating, RUNS times each (default 3); prints median records/s
+# and the ratio. The broker is started here (tests/servers/kafka.sh) and
+# stopped at the end. Usage: scripts/bench-kafka.sh [N] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000000}
+RUNS=${2:-3}
+./scripts/build-plugins.sh --quiet
+cargo build --release --quiet -p tessera --example kafka-produce
+TARGET=${CARGO_TARGET_DIR:-target}
+TESSERA=$TARGET/release/tessera
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+tests/servers/kafka.sh "$work/broker" "$port" "$cport" > "$work/broker.log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$work"' EXIT
+until grep -q "Kafka Server started" "$work/broker.log"; do sleep 0.5; done
+python3 examples/gen_events.py "$N" > "$work/events.ndjson"
+"$TARGET/release/examples/kafka-produce" "127.0.0.1:$port" events 4 "$work/events.ndjson"
+for variant in file kafka; do
+  mkdir -p "$work/$variant"
+  sed -e "s#data/events.ndjson#$work/events.ndjson#" -e "s#\"out/#\"$work/$variant/out/#" \
+      -e "s#\.\./target#$PWD/$TARGET#" examples/quickstart.toml | sed '/^\[\[outputs\]\]/,$d' > "$work/$variant/tessera.toml"
+done
+python3 - "$work/kafka/tessera.toml" "$port" <<'PY'
+import re, sys
+path, port = sys.argv[1], sys.argv[2]
+text = open(path).read()
+text = re.sub(r'\[source\]\ntype = "file"\npath = "[^"]*"\n',
+    '[source]\ntype = "kafka"\ntopics = ["events"]\nidle_exit = "2s"\n'
+    f'properties = {{ "bootstrap.servers" = "127.0.0.1:{port}" }}\n', text)
+open(path, "w").write(text)
+PY
+declare -A rates
+for i in $(seq "$RUNS"); do
+  for variant in file kafka; do
+    rm -rf "$work/$variant/out"
+    # A fresh group each run reads the topic from the start.
+    sed -i "s/^name = \"quickstart.*\"/name = \"quickstart-$i\"/" "$work/$variant/tessera.toml"
+    stats=$("$TESSERA" run --json --config "$work/$variant/tessera.toml" 2>/dev/null)
+    # Time to the last record: the idle wait at the end is not throughput.
+    rate=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); idle=2.0 if sys.argv[2]=="kafka" else 0; print(s["records_in"]/(s["elapsed"]-idle))' "$stats" "$variant")
+    echo "run $i $variant: $(printf '%.0f' "$rate") records/s ($(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["records_in"])' "$stats") records)"
+    rates[$variant]="${rates[$variant]:-} $rate"
+  done
+done
+python3 - "${rates[file]}" "${rates[kafka]}" <<'PY'
+import statistics, sys
+f = statistics.median(map(float, sys.argv[1].split()))
+k = statistics.median(map(float, sys.argv[2].split()))
+print(f"median: file source {f/1e6:.2f} M records/s, Kafka source {k/1e6:.2f} M records/s: {k/f:.2f}x")
+PY

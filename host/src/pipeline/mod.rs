@@ -234,6 +234,8 @@ impl Pipeline {
         let started = Instant::now();
         let mut last_checkpoint = Instant::now();
         let mut last_progress = Instant::now();
+        let mut first_record: Option<Instant> = None;
+        let mut last_record = started;
         while !self.stop.load(Ordering::Relaxed) {
             let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
                 self.end_of_input = self.source.is_bounded();
@@ -243,6 +245,11 @@ impl Pipeline {
                 self.roll_back()?;
                 last_checkpoint = Instant::now();
                 continue;
+            }
+            if !batch.raw.offsets.is_empty() || !batch.read_errors.is_empty() {
+                let now = Instant::now();
+                first_record.get_or_insert(now);
+                last_record = now;
             }
             self.process(batch)?;
             if self.tiler.pending_updates() >= self.cfg.pipeline.checkpoint_events
@@ -258,6 +265,7 @@ impl Pipeline {
         }
         self.checkpoint()?;
         self.stats.elapsed = started.elapsed();
+        self.stats.reading = first_record.map_or(std::time::Duration::ZERO, |f| last_record - f);
         progress(&self.progress(started));
         Ok(self.stats.clone())
     }

@@ -30,6 +30,10 @@ pub struct RunStats {
     pub rollbacks: u64,
     #[serde(with = "secs")]
     pub elapsed: Duration,
+    /// From the first record read to the last: `elapsed` without waiting
+    /// for a consumer group or for records that do not come.
+    #[serde(with = "secs")]
+    pub reading: Duration,
 }
 
 mod secs {

@@ -12,10 +12,14 @@ use rdkafka::ClientConfig;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 5, "usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE");
+    anyhow::ensure!(
+        args.len() == 5,
+        "usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE"
+    );
     let (bootstrap, topic, partitions, file) = (&args[1], &args[2], args[3].parse()?, &args[4]);
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new()))?;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

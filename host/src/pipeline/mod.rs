@@ -41,6 +41,25 @@ use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoredFeature, TileStore};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
+/// Opens every configured output at the state its last checkpoint committed.
+fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, PipelineError> {
+    let mut outputs = Vec::new();
+    for o in &cfg.outputs {
+        match o {
+            OutputConfig::Smb(c) => {
+                let state = store.position(&cfg.pipeline.name, &SmbSink::state_key(&c.name))?;
+                outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
+                    PipelineError::Output {
+                        output: c.name.clone(),
+                        source,
+                    }
+                })?);
+            }
+        }
+    }
+    Ok(outputs)
+}
+
 /// Position keys under which the sinks' committed lengths are stored.
 const DEAD_LETTER_KEY: &str = "sink:dead-letter";
 const SIDE_OUTPUT_KEY: &str = "sink:side-output";
@@ -189,20 +208,7 @@ impl Pipeline {
             NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
         let side_output =
             NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
-        let mut outputs = Vec::new();
-        for o in &cfg.outputs {
-            match o {
-                OutputConfig::Smb(c) => {
-                    let state = store.position(&cfg.pipeline.name, &SmbSink::state_key(&c.name))?;
-                    outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
-                        PipelineError::Output {
-                            output: c.name.clone(),
-                            source,
-                        }
-                    })?);
-                }
-            }
-        }
+        let outputs = open_outputs(&cfg, store.as_ref())?;
         let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
         Ok(Pipeline {
             dead_letter,
@@ -340,22 +346,9 @@ impl Pipeline {
             .roll_back(committed_len(&self.store, DEAD_LETTER_KEY)?)?;
         self.side_output
             .roll_back(committed_len(&self.store, SIDE_OUTPUT_KEY)?)?;
-        let mut outputs = Vec::new();
-        for o in &self.cfg.outputs {
-            match o {
-                OutputConfig::Smb(c) => {
-                    // Close the old one first: it holds the journal's files.
-                    self.outputs.retain(|s| s.name() != c.name);
-                    let state = self.store.position(&name, &SmbSink::state_key(&c.name))?;
-                    outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
-                        PipelineError::Output {
-                            output: c.name.clone(),
-                            source,
-                        }
-                    })?);
-                }
-            }
-        }
+        // Close the old ones first: they hold the journals' files.
+        self.outputs.clear();
+        let outputs = open_outputs(&self.cfg, self.store.as_ref())?;
         self.outputs = outputs;
         self.watermarks = Watermarks::new(self.cfg.watermark.out_of_orderness.as_millis() as i64);
         self.stats.rollbacks += 1;

@@ -442,12 +442,32 @@ pub struct WatermarkConfig {
     /// The watermark trails the largest event time seen by this much.
     #[serde(default, with = "humantime_serde")]
     pub out_of_orderness: Duration,
+    /// A source partition that delivered nothing for this long stops holding
+    /// the pipeline watermark back (a stalled or dead producer must not stop
+    /// completeness); it holds it again when it delivers. `0s`: never idle.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl WatermarkConfig {
+    /// The watermark tracker these settings describe.
+    pub fn tracker(&self) -> crate::window::Watermarks {
+        crate::window::Watermarks::new(
+            self.out_of_orderness.as_millis() as i64,
+            (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        )
+    }
 }
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
         WatermarkConfig {
             out_of_orderness: Duration::from_secs(5),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

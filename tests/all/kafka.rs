@@ -190,3 +190,67 @@ fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
     );
     crate::windows::check_windows(store.as_ref(), &events, 37, 300);
 }
+
+/// One partition stalls after a few early events while the other keeps
+/// delivering three hours of event time: with an idle timeout the stalled
+/// partition stops holding the watermark back, so the SMB output commits the
+/// hours the live partition has passed; with idleness off (the control run)
+/// the watermark stays at the stalled partition and no hour is committed.
+#[test]
+fn an_idle_partition_does_not_stall_the_watermark() {
+    for (run, idle_timeout, expect_commits) in [(0, "400ms", true), (1, "0s", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = format!("events-idle-{run}");
+        support::kafka_topic(&topic, 2);
+        let live = support::events(43, 30_000, 3 * 3_600_000, 1_000, None);
+        let stalled = support::events(47, 50, 5 * 60_000, 0, None);
+        let to = |p: i32, es: &[Event]| -> Vec<Msg> {
+            es.iter()
+                .map(|e| (p, e.user.clone(), e.json().into_bytes()))
+                .collect()
+        };
+        support::kafka_produce(&topic, &to(1, &stalled));
+        let schema = r#"{"type":"record","name":"E","fields":[{"name":"user_id","type":"string"},{"name":"event_time","type":"long"}]}"#;
+        let extra = format!(
+            "[watermark]\nout_of_orderness = \"1m\"\nidle_timeout = \"{idle_timeout}\"\n\n[[outputs]]\ntype = \"smb\"\nname = \"by-user\"\nkey_field = \"user_id\"\nbuckets = 2\npath = \"{}\"\nschema = '{schema}'\n",
+            dir.path().join("out").display()
+        );
+        let cfg = kafka_config(
+            dir.path(),
+            &topic,
+            "checkpoint_interval = \"100ms\"",
+            &extra,
+        );
+        let (_store, mut pipeline) = support::build(&cfg);
+        // The live partition delivers while the pipeline runs.
+        let producer = {
+            let topic = topic.clone();
+            let msgs = to(0, &live);
+            std::thread::spawn(move || {
+                for chunk in msgs.chunks(5_000) {
+                    support::kafka_produce(&topic, chunk);
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+            })
+        };
+        let stats = pipeline.run(&mut |_| {}).unwrap();
+        producer.join().unwrap();
+        assert_eq!(stats.records_in, (live.len() + stalled.len()) as u64);
+        // Hours from T0 on (the stalled partition's jitter reaches back before it).
+        let commits: Vec<_> = support::read_ndjson(&dir.path().join("out/_commits.ndjson"))
+            .into_iter()
+            .filter(|c| c["event_time_start_ms"].as_i64().unwrap() >= support::T0)
+            .collect();
+        if expect_commits {
+            assert!(
+                commits.len() >= 2,
+                "the live partition's hours are committed: {commits:?}"
+            );
+        } else {
+            assert!(
+                commits.is_empty(),
+                "without idleness the stalled partition holds the watermark: {commits:?}"
+            );
+        }
+    }
+}

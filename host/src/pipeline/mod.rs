@@ -209,7 +209,7 @@ impl Pipeline {
         let side_output =
             NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
         let outputs = open_outputs(&cfg, store.as_ref())?;
-        let out_of_orderness = cfg.watermark.out_of_orderness.as_millis() as i64;
+        let watermarks = cfg.watermark.tracker();
         Ok(Pipeline {
             dead_letter,
             side_output,
@@ -223,7 +223,7 @@ impl Pipeline {
             store,
             source,
             tiler: Tiler::new(),
-            watermarks: Watermarks::new(out_of_orderness),
+            watermarks,
             stats: RunStats::default(),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -283,7 +283,7 @@ impl Pipeline {
             dead_lettered: self.stats.dead_lettered,
             elapsed: started.elapsed(),
             position: self.source.describe_position(),
-            watermark: self.watermarks.current(),
+            watermark: self.watermarks.last(),
         }
     }
 
@@ -350,7 +350,7 @@ impl Pipeline {
         self.outputs.clear();
         let outputs = open_outputs(&self.cfg, self.store.as_ref())?;
         self.outputs = outputs;
-        self.watermarks = Watermarks::new(self.cfg.watermark.out_of_orderness.as_millis() as i64);
+        self.watermarks = self.cfg.watermark.tracker();
         self.stats.rollbacks += 1;
         tracing::info!("rolled back to the last checkpoint");
         Ok(())

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{self, Event};
 
@@ -117,24 +117,14 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
     let bin = env!("CARGO_BIN_EXE_tessera");
     let mut kills = 0;
     for wait_ms in [1_500u64, 2_500] {
-        let mut child = Command::new(bin)
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&cfg_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(wait_ms)
-            && child.try_wait().unwrap().is_none()
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        kills += usize::from(support::kill_after(child, Duration::from_millis(wait_ms)));
     }
     let out = Command::new(bin)
         .args(["run", "--json", "--config"])

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{self, Event};
 
@@ -294,18 +294,10 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
     // 3. Restart and SIGKILL mid-stream, twice.
     let mut kills = 0;
     for wait_ms in [400u64, 900] {
-        let mut child = run(&[]);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(wait_ms)
-            && child.try_wait().unwrap().is_none()
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        kills += usize::from(support::kill_after(
+            run(&[]),
+            Duration::from_millis(wait_ms),
+        ));
     }
     // 4. Run to the end.
     let out_run = run(&[]).wait_with_output().unwrap();

@@ -343,7 +343,7 @@ pub fn s3_endpoint() -> &'static str {
                 .is_ok_and(|s| s.success());
             assert!(ok && moto.exists(), "could not install moto[server] from PyPI");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let script = format!(
             "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $m",
             moto.display(),
@@ -422,14 +422,7 @@ pub fn smb_check(dir: &Path, codec: &str) -> Vec<serde_json::Value> {
 pub fn kafka_bootstrap() -> &'static str {
     static ADDR: OnceLock<String> = OnceLock::new();
     ADDR.get_or_init(|| {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, cport) = (free(), free());
+        let (port, cport) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("tessera-kafka-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -510,4 +503,28 @@ pub fn kafka_produce(topic: &str, messages: &[(i32, String, Vec<u8>)]) {
         }
     }
     producer.flush(std::time::Duration::from_secs(60)).unwrap();
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Lets `child` run for up to `wait`, then SIGKILLs it if it is still
+/// running; returns whether it was killed. Waits for it either way.
+pub fn kill_after(mut child: std::process::Child, wait: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < wait && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    killed
 }

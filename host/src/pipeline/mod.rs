@@ -60,6 +60,18 @@ fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, Pip
     Ok(outputs)
 }
 
+/// The committed length of a sink (dead letter, side output), if any.
+fn committed_len(
+    store: &dyn TileStore,
+    pipeline: &str,
+    key: &str,
+) -> Result<Option<u64>, PipelineError> {
+    Ok(store
+        .position(pipeline, key)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
+}
+
 /// Position keys under which the sinks' committed lengths are stored.
 const DEAD_LETTER_KEY: &str = "sink:dead-letter";
 const SIDE_OUTPUT_KEY: &str = "sink:side-output";
@@ -198,16 +210,9 @@ impl Pipeline {
             .collect();
 
         let source = sources::build(&cfg.source, &store, &cfg.pipeline.name)?;
-        let committed_len = |key: &str| -> Result<Option<u64>, PipelineError> {
-            Ok(store
-                .position(&cfg.pipeline.name, key)?
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .map(u64::from_be_bytes))
-        };
-        let dead_letter =
-            NdjsonSink::resume(&cfg.dead_letter.path, committed_len(DEAD_LETTER_KEY)?)?;
-        let side_output =
-            NdjsonSink::resume(&cfg.side_output.path, committed_len(SIDE_OUTPUT_KEY)?)?;
+        let committed = |key| committed_len(store.as_ref(), &cfg.pipeline.name, key);
+        let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed(DEAD_LETTER_KEY)?)?;
+        let side_output = NdjsonSink::resume(&cfg.side_output.path, committed(SIDE_OUTPUT_KEY)?)?;
         let outputs = open_outputs(&cfg, store.as_ref())?;
         let watermarks = cfg.watermark.tracker();
         Ok(Pipeline {
@@ -334,18 +339,11 @@ impl Pipeline {
     /// committed state, and the watermarks (rebuilt from what is re-read).
     fn roll_back(&mut self) -> Result<(), PipelineError> {
         self.tiler = Tiler::new();
-        let name = self.cfg.pipeline.name.clone();
-        let committed_len =
-            |store: &Arc<dyn TileStore>, key: &str| -> Result<Option<u64>, PipelineError> {
-                Ok(store
-                    .position(&name, key)?
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                    .map(u64::from_be_bytes))
-            };
+        let name = &self.cfg.pipeline.name;
         self.dead_letter
-            .roll_back(committed_len(&self.store, DEAD_LETTER_KEY)?)?;
+            .roll_back(committed_len(self.store.as_ref(), name, DEAD_LETTER_KEY)?)?;
         self.side_output
-            .roll_back(committed_len(&self.store, SIDE_OUTPUT_KEY)?)?;
+            .roll_back(committed_len(self.store.as_ref(), name, SIDE_OUTPUT_KEY)?)?;
         // Close the old ones first: they hold the journals' files.
         self.outputs.clear();
         let outputs = open_outputs(&self.cfg, self.store.as_ref())?;

@@ -55,13 +55,6 @@ impl Watermarks {
             .map(|(t, _)| t.saturating_sub(self.out_of_orderness_ms))
     }
 
-    /// Whether a partition counts as idle now.
-    pub fn is_idle(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .get(&(topic.to_string(), partition))
-            .is_some_and(|(_, seen)| self.idle_at(*seen, Instant::now()))
-    }
-
     fn idle_at(&self, seen: Instant, now: Instant) -> bool {
         self.idle_timeout
             .is_some_and(|idle| now.saturating_duration_since(seen) >= idle)

@@ -452,11 +452,8 @@ impl SmbOutput {
     /// carries its marker.
     fn published_as(&self, seg: &SegmentState) -> Result<Option<CommittedPartition>, SmbError> {
         let base = self.base_dir(seg.partition_start_ms);
-        for n in 0.. {
+        for n in 0..self.committed_count(&base)? {
             let dir = Self::sibling(&base, n);
-            if !self.root.is_committed(&dir)? {
-                return Ok(None);
-            }
             if let Some(bytes) = self.root.read_file(&dir, COMMIT_MARKER)? {
                 let c: CommittedPartition = serde_json::from_slice(&bytes)
                     .map_err(|e| SmbError::Journal(format!("{dir}/{COMMIT_MARKER}: {e}")))?;
@@ -465,7 +462,17 @@ impl SmbOutput {
                 }
             }
         }
-        unreachable!("the loop returns")
+        Ok(None)
+    }
+
+    /// How many directories of partition `base` are committed: the
+    /// partition itself and its siblings, up to the first free one.
+    fn committed_count(&self, base: &str) -> Result<u32, SmbError> {
+        let mut n = 0;
+        while self.root.is_committed(&Self::sibling(base, n))? {
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Appends `c` to `_commits.ndjson` unless its segment is there already.
@@ -485,14 +492,10 @@ impl SmbOutput {
     ) -> Result<CommittedPartition, (SmbError, Option<Box<Segment>>)> {
         let base = self.base_dir(seg.start);
         // The partition itself, or the first free late-data sibling.
-        let mut n = 0;
-        loop {
-            match self.root.is_committed(&Self::sibling(&base, n)) {
-                Ok(true) => n += 1,
-                Ok(false) => break,
-                Err(e) => return Err((e, Some(Box::new(seg)))),
-            }
-        }
+        let n = match self.committed_count(&base) {
+            Ok(n) => n,
+            Err(e) => return Err((e, Some(Box::new(seg)))),
+        };
         let dir = Self::sibling(&base, n);
         let committed = CommittedPartition {
             partition: base,

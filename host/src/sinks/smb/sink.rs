@@ -193,9 +193,4 @@ impl SmbSink {
             }
         }
     }
-
-    /// Whether sealed partitions still wait to be published.
-    pub fn has_unpublished(&self) -> bool {
-        self.output.has_sealed()
-    }
 }

@@ -110,13 +110,13 @@ impl ConsumerContext for GroupContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
                 for (topic, p) in &parts {
                     if let Some(next) = self.committed(topic, *p) {
                         let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(next));
@@ -140,11 +140,6 @@ impl ConsumerContext for GroupContext {
                 }
             }
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {

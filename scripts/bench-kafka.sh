@@ -3,8 +3,10 @@
 # events (default 1,000,000) read from a local Apache Kafka broker (4
 # partitions) against the same events read from a file, same config
 # otherwise (the quickstart's plugins and features, embedded store, no SMB
-# output), alternating, RUNS times each (default 3); prints median records/s
-# and the ratio. The broker is started here (tests/servers/kafka.sh) and
+# output), and a consumer that reads the topic and does nothing with it
+# (the `kafka-consume` example: what the broker and librdkafka deliver
+# here), alternating, RUNS times each (default 3); prints median records/s
+# and the ratios. The broker is started here (tests/servers/kafka.sh) and
 # stopped at the end. Rates are over the time from the first record read to
 # the last (the run's `reading` figure). Usage: scripts/bench-kafka.sh [N] [RUNS]
 set -euo pipefail
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 N=${1:-1000000}
 RUNS=${2:-3}
 ./scripts/build-plugins.sh --quiet
-cargo build --release --quiet -p tessera --bin tessera --example kafka-produce
+cargo build --release --quiet -p tessera --bin tessera --example kafka-produce --example kafka-consume
 TARGET=${CARGO_TARGET_DIR:-target}
 TESSERA=$TARGET/release/tessera
 work=$(mktemp -d)
@@ -29,18 +31,29 @@ for variant in file kafka; do
   sed -e "s#data/events.ndjson#$work/events.ndjson#" -e "s#\"out/#\"$work/$variant/out/#" \
       -e "s#\.\./target#$PWD/$TARGET#" examples/quickstart.toml | sed '/^\[\[outputs\]\]/,$d' > "$work/$variant/tessera.toml"
 done
-python3 - "$work/kafka/tessera.toml" "$port" <<'PY'
+# The consumer settings both Kafka variants use.
+FETCH=("max.partition.fetch.bytes=8388608" "fetch.max.bytes=67108864")
+python3 - "$work/kafka/tessera.toml" "$port" "${FETCH[@]}" <<'PY'
 import re, sys
-path, port = sys.argv[1], sys.argv[2]
+path, port, fetch = sys.argv[1], sys.argv[2], sys.argv[3:]
+props = ", ".join([f'"bootstrap.servers" = "127.0.0.1:{port}"'] +
+                  [f'"{k}" = "{v}"' for k, v in (kv.split("=", 1) for kv in fetch)])
 text = open(path).read()
 text = re.sub(r'\[source\]\ntype = "file"\npath = "[^"]*"\n',
     '[source]\ntype = "kafka"\ntopics = ["events"]\nidle_exit = "2s"\n'
-    f'properties = {{ "bootstrap.servers" = "127.0.0.1:{port}", "max.partition.fetch.bytes" = "8388608", "fetch.max.bytes" = "67108864" }}\n', text)
+    f'properties = {{ {props} }}\n', text)
 open(path, "w").write(text)
 PY
 declare -A rates
 for i in $(seq "$RUNS"); do
-  for variant in file kafka; do
+  for variant in file kafka consume-only; do
+    if [ "$variant" = consume-only ]; then
+      stats=$("$TARGET/release/examples/kafka-consume" "127.0.0.1:$port" events "$N" "${FETCH[@]}")
+      rate=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["records_in"]/s["reading"])' "$stats")
+      echo "run $i $variant: $(printf '%.0f' "$rate") records/s"
+      rates[$variant]="${rates[$variant]:-} $rate"
+      continue
+    fi
     rm -rf "$work/$variant/out"
     # A fresh group each run reads the topic from the start.
     sed -i "s/^name = \"quickstart.*\"/name = \"quickstart-$i\"/" "$work/$variant/tessera.toml"
@@ -53,9 +66,9 @@ for i in $(seq "$RUNS"); do
     rates[$variant]="${rates[$variant]:-} $rate"
   done
 done
-python3 - "${rates[file]}" "${rates[kafka]}" <<'PY'
+python3 - "${rates[file]}" "${rates[kafka]}" "${rates[consume-only]}" <<'PY'
 import statistics, sys
-f = statistics.median(map(float, sys.argv[1].split()))
-k = statistics.median(map(float, sys.argv[2].split()))
-print(f"median: file source {f/1e6:.2f} M records/s, Kafka source {k/1e6:.2f} M records/s: {k/f:.2f}x")
+f, k, c = (statistics.median(map(float, a.split())) for a in sys.argv[1:4])
+print(f"median: file source {f/1e6:.2f} M records/s, Kafka source {k/1e6:.2f} M records/s ({k/f:.2f}x file), "
+      f"consume-only {c/1e6:.2f} M records/s (Kafka source at {k/c:.2f}x of it)")
 PY

@@ -20,8 +20,13 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Where raw records come from.
     pub source: SourceConfig,
-    /// The parser plugin: raw bytes to events.
+    /// The parser plugin: raw bytes to events. It reads every topic no
+    /// `[[parsers]]` entry claims.
     pub parser: PluginConfig,
+    /// More parsers, each for the topics it lists (`topics = [...]`), so
+    /// that event types from different topics never share one parser.
+    #[serde(default)]
+    pub parsers: Vec<PluginConfig>,
     /// Feature plugins: events to feature updates. At least one.
     pub features: Vec<PluginConfig>,
     /// The late-data handler plugin; without one, late events are accepted.
@@ -305,6 +310,16 @@ pub enum SourceConfig {
     },
 }
 
+impl SourceConfig {
+    /// The kind, as in `type = "..."`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::File { .. } => "file",
+            SourceConfig::Kafka { .. } => "kafka",
+        }
+    }
+}
+
 fn default_poll_timeout() -> Duration {
     Duration::from_millis(100)
 }
@@ -337,6 +352,13 @@ pub struct PluginConfig {
     pub quotas: Quotas,
     #[serde(default)]
     pub quarantine: QuarantinePolicy,
+    /// `[[parsers]]` only: the topics whose records this parser reads.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// `[[features]]` only: the event types (as parsers name them) this
+    /// plugin receives; every type when empty.
+    #[serde(default)]
+    pub event_types: Vec<String>,
 }
 
 fn default_plugin_config() -> toml::Value {
@@ -656,6 +678,60 @@ impl Config {
     }
 
     /// Checks every setting, reporting all problems at once.
+    /// Which parser reads which topic, which feature gets which event types.
+    fn validate_routes(&self, problems: &mut Vec<String>) {
+        let source_topics: Option<&Vec<String>> = match &self.source {
+            SourceConfig::Kafka { topics, .. } => Some(topics),
+            SourceConfig::File { .. } => None,
+        };
+        let mut claimed = std::collections::BTreeMap::new();
+        for p in &self.parsers {
+            if p.topics.is_empty() {
+                problems.push(format!(
+                    "[[parsers]] `{}` needs `topics` (the default parser is [parser])",
+                    p.name
+                ));
+            }
+            for t in &p.topics {
+                if let Some(other) = claimed.insert(t.clone(), p.name.clone()) {
+                    problems.push(format!(
+                        "topic `{t}` is claimed by parsers `{other}` and `{}`",
+                        p.name
+                    ));
+                }
+                if source_topics.is_some_and(|ts| !ts.contains(t)) {
+                    problems.push(format!(
+                        "[[parsers]] `{}`: topic `{t}` is not one of source.topics",
+                        p.name
+                    ));
+                }
+            }
+            if !p.event_types.is_empty() {
+                problems.push(format!(
+                    "[[parsers]] `{}`: `event_types` applies to [[features]] only",
+                    p.name
+                ));
+            }
+        }
+        let others = std::iter::once(("parser", &self.parser))
+            .chain(self.features.iter().map(|f| ("features", f)))
+            .chain(self.late.iter().map(|l| ("late", l)));
+        for (section, plugin) in others {
+            if !plugin.topics.is_empty() {
+                problems.push(format!(
+                    "[{section}] `{}`: `topics` applies to [[parsers]] only",
+                    plugin.name
+                ));
+            }
+            if section != "features" && !plugin.event_types.is_empty() {
+                problems.push(format!(
+                    "[{section}] `{}`: `event_types` applies to [[features]] only",
+                    plugin.name
+                ));
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let p = &self.pipeline;
@@ -702,7 +778,9 @@ impl Config {
             problems.push("at least one [[features]] plugin is required".into());
         }
         let mut names = std::collections::BTreeSet::new();
+        self.validate_routes(&mut problems);
         let plugins = std::iter::once(("parser", &self.parser))
+            .chain(self.parsers.iter().map(|p| ("parsers", p)))
             .chain(self.features.iter().map(|f| ("features", f)))
             .chain(self.late.iter().map(|l| ("late", l)));
         for (section, plugin) in plugins {
@@ -832,6 +910,44 @@ mod tests {
             panic!("expected invalid")
         };
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let kafka = r#"
+            source = { type = "kafka", topics = ["a", "b"], properties = { "bootstrap.servers" = "x:9092" } }
+            parser = { name = "json", path = "p.wasm" }
+            [[parsers]]
+            name = "alt"
+            path = "p.wasm"
+            topics = ["b"]
+            [[features]]
+            name = "counter"
+            path = "c.wasm"
+            event_types = ["like"]
+        "#;
+        let cfg = Config::parse(kafka).unwrap();
+        assert_eq!(cfg.parsers[0].topics, vec!["b".to_string()]);
+        assert_eq!(cfg.features[0].event_types, vec!["like".to_string()]);
+        let bad = format!(
+            "{}\n[[parsers]]\nname = \"third\"\npath = \"p.wasm\"\ntopics = [\"b\", \"zzz\"]\nevent_types = [\"x\"]\n",
+            kafka.replace(
+                "name = \"json\", path = \"p.wasm\"",
+                "name = \"json\", path = \"p.wasm\", topics = [\"a\"]"
+            )
+        );
+        let Err(ConfigError::Invalid(problems)) = Config::parse(&bad) else {
+            panic!("expected invalid")
+        };
+        let text = problems.join("\n");
+        for want in [
+            "claimed by parsers `alt` and `third`",
+            "`zzz` is not one of source.topics",
+            "[[parsers]] `third`: `event_types`",
+            "[parser] `json`: `topics`",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -133,7 +132,11 @@ fn main() -> Result<()> {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
             let addr = listen.unwrap_or(cfg.api.listen.clone());
-            tokio_runtime()?.block_on(serve_http(store, &addr, true))
+            let state = api::AppState {
+                metrics: Some(install_metrics()?),
+                ..api::AppState::new(store)
+            };
+            tokio_runtime()?.block_on(serve_http(state, &addr, true))
         }
         Command::Smb(SmbCommand::Join { left, right, out }) => {
             smb_join(&left, &right, out.as_deref())
@@ -209,16 +212,19 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting tokio")
 }
 
-async fn serve_http(
-    store: Arc<dyn stores::TileStore>,
-    addr: &str,
-    until_ctrl_c: bool,
-) -> Result<()> {
+/// Records metrics for `/metrics` from here on.
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+async fn serve_http(state: api::AppState, addr: &str, until_ctrl_c: bool) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
-    let server = axum::serve(listener, api::router(store));
+    let server = axum::serve(listener, state.router());
     if until_ctrl_c {
         server
             .with_graceful_shutdown(async {
@@ -248,10 +254,14 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
         });
     }
     if serve {
-        let store = store.clone();
+        let state = api::AppState {
+            store: store.clone(),
+            status: Some(pipeline.status_board()),
+            metrics: Some(install_metrics()?),
+        };
         let listen = listen.clone();
         rt.spawn(async move {
-            if let Err(e) = serve_http(store, &listen, false).await {
+            if let Err(e) = serve_http(state, &listen, false).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });

@@ -81,3 +81,50 @@ async fn serving_answers_match_the_query_function_and_errors_are_clear() {
     let (status, _) = get(&app, "/health").await;
     assert_eq!(status, 200);
 }
+
+/// `/healthz`, `/readyz` and `/v1/status` over a pipeline's status board:
+/// not healthy before it runs, the run's counts and per-partition numbers
+/// after; without a pipeline, health is the store's and status is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_status_follow_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = support::events(71, 2_000, 3_600_000, 1_000, None);
+    let input = dir.path().join("events.ndjson");
+    support::write_ndjson(&input, &events);
+    let (store, mut p) = support::build(&support::config(dir.path(), &input, "", ""));
+    let app = api::AppState {
+        status: Some(p.status_board()),
+        ..api::AppState::new(store.clone())
+    }
+    .router();
+    let (code, body) = get(&app, "/healthz").await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (503, Some("unhealthy")),
+        "{body}"
+    );
+    assert_eq!(get(&app, "/readyz").await.0, 503);
+    tokio::task::block_in_place(|| p.run(&mut |_| {})).unwrap();
+    let (code, status) = get(&app, "/v1/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "stopped");
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["records_in"], events.len() as u64);
+    let per_partition: u64 = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_partition, events.len() as u64, "{status}");
+    assert_eq!(get(&app, "/healthz").await.0, 200);
+    assert_eq!(
+        get(&app, "/readyz").await.0,
+        503,
+        "a stopped pipeline is not ready"
+    );
+
+    let bare = api::router(store);
+    assert_eq!(get(&bare, "/healthz").await.0, 200);
+    assert_eq!(get(&bare, "/v1/status").await.0, 404);
+}

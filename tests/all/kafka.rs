@@ -12,16 +12,32 @@ use crate::support::{self, Event};
 
 const PARTITIONS: i32 = 4;
 
-/// The test pipeline config over `topic` instead of a file.
+/// The test pipeline config over `topic` of the shared broker instead of a
+/// file, ending 3 s after the last record.
 fn kafka_config(dir: &Path, topic: &str, pipeline_extra: &str, extra: &str) -> String {
+    let source = format!(
+        "idle_exit = \"3s\"\nproperties = {{ \"bootstrap.servers\" = \"{}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
+        support::kafka_bootstrap()
+    );
+    kafka_config_with(dir, topic, &source, pipeline_extra, extra)
+}
+
+/// The test pipeline config over `topic`, with `source` (more keys of the
+/// `[source]` table) after the topic and group.
+fn kafka_config_with(
+    dir: &Path,
+    topic: &str,
+    source: &str,
+    pipeline_extra: &str,
+    extra: &str,
+) -> String {
     let file_cfg = support::config(dir, Path::new("unused"), pipeline_extra, extra);
     let file_source = "[source]\ntype = \"file\"\npath = \"unused\"\n";
     assert!(file_cfg.contains(file_source));
     file_cfg.replace(
         file_source,
         &format!(
-            "[source]\ntype = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{topic}-group\"\nidle_exit = \"3s\"\nproperties = {{ \"bootstrap.servers\" = \"{}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
-            support::kafka_bootstrap()
+            "[source]\ntype = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{topic}-group\"\n{source}"
         ),
     )
 }
@@ -243,4 +259,245 @@ fn an_idle_partition_does_not_stall_the_watermark() {
             );
         }
     }
+}
+
+/// The host starts before its broker exists, and later the broker is
+/// SIGKILLed mid-run and started again over its data. The host reports
+/// unhealthy on `/healthz` while no broker is up (and says why), healthy
+/// once one is, keeps retrying on its own, and at the end the tiles count
+/// every event exactly once; `/v1/status` and `/metrics` show per-partition
+/// offsets, lag and watermarks on the way.
+#[test]
+fn broker_down_at_start_and_killed_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = support::KafkaBroker::new(&dir.path().join("kafka"));
+    let bootstrap = broker.bootstrap();
+    let api = format!("127.0.0.1:{}", support::free_port());
+    let topic = "events-broker-down";
+    let source = format!(
+        "properties = {{ \"bootstrap.servers\" = \"{bootstrap}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"topic.metadata.refresh.interval.ms\" = \"1000\", \"reconnect.backoff.max.ms\" = \"1000\" }}\n"
+    );
+    let cfg_path = dir.path().join("tessera.toml");
+    let extra = format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\"\n");
+    std::fs::write(
+        &cfg_path,
+        kafka_config_with(
+            dir.path(),
+            topic,
+            &source,
+            "checkpoint_interval = \"200ms\"",
+            &extra,
+        ),
+    )
+    .unwrap();
+    let events = support::events(53, 60_000, 3 * 3_600_000, 1_000, None);
+    let (msgs, _) = messages(&events, None);
+    let (first, second) = msgs.split_at(msgs.len() / 2);
+    let want_next = |ms: &[Msg]| {
+        let mut next = [0i64; PARTITIONS as usize];
+        for (p, _, _) in ms {
+            next[*p as usize] += 1;
+        }
+        next
+    };
+    let status = || -> serde_json::Value {
+        support::http_get(&api, "/v1/status")
+            .map(|(_, b)| serde_json::from_str(&b).unwrap())
+            .unwrap_or_default()
+    };
+    let caught_up = |next: [i64; PARTITIONS as usize]| {
+        move || {
+            let s = status();
+            let parts = s["partitions"].as_array().cloned().unwrap_or_default();
+            (0..PARTITIONS).all(|p| {
+                parts.iter().any(|x| {
+                    x["partition"] == p && x["next_offset"] == next[p as usize] && x["lag"] == 0
+                })
+            })
+        }
+    };
+    let health = || support::http_get(&api, "/healthz");
+
+    let host = support::KillOnDrop(Some(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "--serve", "--json", "--config"])
+            .arg(&cfg_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    // 1. No broker yet: unhealthy, and the reason names Kafka.
+    support::wait_until(
+        Duration::from_secs(60),
+        "/healthz to report the missing broker",
+        || health().is_some_and(|(code, body)| code == 503 && body.contains("Kafka")),
+    );
+    assert_eq!(support::http_get(&api, "/readyz").map(|r| r.0), Some(503));
+    broker.start();
+    support::kafka_topic_at(&bootstrap, topic, PARTITIONS);
+    support::kafka_produce_at(&bootstrap, topic, first);
+    support::wait_until(
+        Duration::from_secs(120),
+        "the host to read the first half",
+        caught_up(want_next(first)),
+    );
+    assert_eq!(health().map(|r| r.0), Some(200));
+    assert_eq!(support::http_get(&api, "/readyz").map(|r| r.0), Some(200));
+    let s = status();
+    assert_eq!(s["state"], "running");
+    assert!(
+        s["watermark"].as_i64().is_some(),
+        "a pipeline watermark: {s}"
+    );
+    let (_, metrics) = support::http_get(&api, "/metrics").unwrap();
+    for name in [
+        "tessera_source_lag_records{",
+        "tessera_source_watermark_milliseconds{",
+        "tessera_source_records_total{",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
+    }
+
+    // 2. The broker dies mid-run: unhealthy until it is back.
+    broker.kill();
+    support::wait_until(
+        Duration::from_secs(60),
+        "/healthz to report the dead broker",
+        || health().is_some_and(|(code, _)| code == 503),
+    );
+    broker.start();
+    support::kafka_produce_at(&bootstrap, topic, second);
+    support::wait_until(
+        Duration::from_secs(180),
+        "the host to read everything",
+        caught_up(want_next(&msgs)),
+    );
+    support::wait_until(Duration::from_secs(30), "/healthz to recover", || {
+        health().is_some_and(|(code, _)| code == 200)
+    });
+
+    // 3. Stop cleanly and check every event was counted once.
+    let out = host.interrupt_and_wait();
+    assert!(out.status.success(), "the host stopped cleanly");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["dead_lettered"], 0, "{stats}");
+    let cfg = tessera::Config::load(&cfg_path).unwrap();
+    let store = tessera::stores::open(&cfg.store).unwrap();
+    crate::windows::check_windows(store.as_ref(), &events, 59, 300);
+}
+
+/// Two topics in two formats, each read by its own parser, and a feature
+/// plugin that asks for one event type only: records of each topic reach
+/// only their parser (a misrouted record would fail to parse and be
+/// dead-lettered), and each plugin counts exactly the types it asked for.
+#[test]
+fn topics_route_to_their_parser_and_event_types_to_their_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ("route-std", "route-alt");
+    support::kafka_topic(a, 2);
+    support::kafka_topic(b, 2);
+    let ea = support::events(61, 6_000, 2 * 3_600_000, 1_000, None);
+    let eb = support::events(67, 4_000, 2 * 3_600_000, 1_000, None);
+    let (ma, _) = messages(&ea, None);
+    support::kafka_produce(
+        a,
+        &ma.iter()
+            .map(|(p, k, v)| (p % 2, k.clone(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    // Topic b spells the fields differently.
+    let mb: Vec<Msg> = eb
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let json = format!(
+                r#"{{"at":{},"kind":"{}","post_id":"{}","user_id":"{}"}}"#,
+                e.ts, e.ty, e.post, e.user
+            );
+            ((i % 2) as i32, e.user.clone(), json.into_bytes())
+        })
+        .collect();
+    support::kafka_produce(b, &mb);
+    let counter = support::plugin("windowed_counter");
+    let parser = support::plugin("json_parser");
+    let cfg = format!(
+        r#"
+[pipeline]
+name = "routes"
+batch_size = 256
+
+[source]
+type = "kafka"
+topics = ["{a}", "{b}"]
+group_id = "routes-group"
+idle_exit = "3s"
+properties = {{ "bootstrap.servers" = "{bootstrap}" }}
+
+[parser]
+name = "std-parser"
+path = "{parser}"
+
+[[parsers]]
+name = "alt-parser"
+path = "{parser}"
+topics = ["{b}"]
+config = {{ time_field = "at", type_field = "kind" }}
+
+[[features]]
+name = "likes"
+path = "{counter}"
+config = {{ features = [{{ name = "likes_per_post", entity = "post_id", event_types = ["like"] }}] }}
+
+[[features]]
+name = "shares-only"
+path = "{counter}"
+event_types = ["share"]
+config = {{ features = [{{ name = "events_per_user", entity = "user_id" }}] }}
+
+[watermark]
+out_of_orderness = "3h"
+
+{stores}
+"#,
+        stores = support::store_sections(dir.path()),
+        bootstrap = support::kafka_bootstrap(),
+        parser = parser.display(),
+        counter = counter.display(),
+    );
+    let (store, stats) = support::run(&cfg);
+    assert_eq!(stats.records_in, (ma.len() + mb.len()) as u64);
+    assert_eq!(
+        stats.dead_lettered, 0,
+        "every record reached the parser for its topic"
+    );
+    let all: Vec<&Event> = ea.iter().chain(&eb).collect();
+    let features = store.features().unwrap();
+    let week = 7 * 86_400_000;
+    let at = support::T0 + 4 * 3_600_000;
+    let check = |feature: &str, entity: &str, want: u64| {
+        let f = features.iter().find(|f| f.name == feature).unwrap();
+        let got = tessera::api::query::answer(store.as_ref(), f, entity, week, at).unwrap();
+        assert_eq!(got.count, want, "{feature}/{entity}");
+    };
+    for post in (0..40).map(|i| format!("post-{i}")) {
+        let want = all
+            .iter()
+            .filter(|e| e.post == post && e.ty == "like")
+            .count();
+        check("likes_per_post", &post, want as u64);
+    }
+    let mut shares = 0;
+    for user in (0..300).map(|i| format!("user-{i}")) {
+        let want = all
+            .iter()
+            .filter(|e| e.user == user && e.ty == "share")
+            .count();
+        shares += want;
+        check("events_per_user", &user, want as u64);
+    }
+    assert!(
+        shares > 0 && shares < all.len() / 2,
+        "the filter is not trivial"
+    );
 }

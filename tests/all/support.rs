@@ -188,24 +188,23 @@ name = "windowed-counter"
 path = "{counter}"
 config = {features}
 
-[store]
-type = "embedded"
-path = "{dir}/tiles.redb"
-
-[dead_letter]
-path = "{dir}/dead-letter.ndjson"
-
-[side_output]
-path = "{dir}/side-output.ndjson"
-
+{stores}
 {extra}
 "#,
+        stores = store_sections(dir),
         extra_pipeline = pipeline_extra,
         input = input.display(),
         parser = plugin("json_parser").display(),
         counter = plugin("windowed_counter").display(),
         features = COUNTER_FEATURES,
-        dir = dir.display(),
+    )
+}
+
+/// The `[store]`, `[dead_letter]` and `[side_output]` sections, all under `dir`.
+pub fn store_sections(dir: &Path) -> String {
+    format!(
+        "[store]\ntype = \"embedded\"\npath = \"{dir}/tiles.redb\"\n\n[dead_letter]\npath = \"{dir}/dead-letter.ndjson\"\n\n[side_output]\npath = \"{dir}/side-output.ndjson\"\n",
+        dir = dir.display()
     )
 }
 
@@ -415,33 +414,64 @@ pub fn smb_check(dir: &Path, codec: &str) -> Vec<serde_json::Value> {
     std::mem::take(v["records"].as_array_mut().unwrap())
 }
 
-/// A real Apache Kafka broker (KRaft, one process) for the whole test run,
-/// started by `tests/servers/kafka.sh` (jars from Maven Central, cached in
-/// `~/.cache/tessera`) on free loopback ports; a watchdog shell stops it
-/// when the test process exits. Returns `bootstrap.servers`.
-pub fn kafka_bootstrap() -> &'static str {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| {
-        let (port, cport) = (free_port(), free_port());
-        let dir = std::env::temp_dir().join(format!("tessera-kafka-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("broker.log");
+/// An Apache Kafka broker (KRaft, one process) run by
+/// `tests/servers/kafka.sh` (jars from Maven Central, cached in
+/// `~/.cache/tessera`) in `dir`, on fixed loopback ports so that it can be
+/// killed and started again over the same data. A watchdog shell stops it
+/// when the test process exits, however it exits.
+pub struct KafkaBroker {
+    dir: PathBuf,
+    port: u16,
+    cport: u16,
+    starts: u32,
+}
+
+impl KafkaBroker {
+    /// A broker on free ports, not started yet.
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        KafkaBroker {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            cport: free_port(),
+            starts: 0,
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("broker.pid")
+    }
+
+    /// Starts the broker (over the data of an earlier start, if any) and
+    /// waits until it serves. The first run on a machine downloads the jars.
+    pub fn start(&mut self) {
+        self.starts += 1;
+        let log = self.dir.join(format!("broker-{}.log", self.starts));
+        let data = self.dir.join("broker");
         let script = format!(
-            "'{}' '{}' {port} {cport} >'{}' 2>&1 & k=$!; while kill -0 {} 2>/dev/null && kill -0 $k 2>/dev/null; do sleep 0.5; done; kill $k 2>/dev/null; wait $k; rm -rf '{}'",
+            "'{}' '{}' {} {} >'{}' 2>&1 & k=$!; echo $k >'{}'; while kill -0 {} 2>/dev/null && kill -0 $k 2>/dev/null; do sleep 0.5; done; kill $k 2>/dev/null; wait $k; kill -0 {} 2>/dev/null || rm -rf '{}'",
             workspace_root().join("tests/servers/kafka.sh").display(),
-            dir.join("broker").display(),
+            data.display(),
+            self.port,
+            self.cport,
             log.display(),
+            self.pid_file().display(),
             std::process::id(),
-            dir.join("broker").display(),
+            std::process::id(),
+            data.display(),
         );
+        let _ = std::fs::remove_file(self.pid_file());
         #[allow(clippy::zombie_processes)]
         std::process::Command::new("bash")
             .args(["-c", &script])
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting the Kafka broker");
-        // The first run on a machine downloads the jars.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -454,16 +484,57 @@ pub fn kafka_bootstrap() -> &'static str {
             );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        format!("127.0.0.1:{port}")
+    }
+
+    /// SIGKILLs the broker and waits until its port is closed.
+    pub fn kill(&mut self) {
+        let pid = std::fs::read_to_string(self.pid_file()).unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// The broker shared by the whole test run, started on first use; its
+/// `bootstrap.servers`.
+pub fn kafka_bootstrap() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tessera-kafka-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut broker = KafkaBroker::new(&dir);
+        broker.start();
+        let addr = broker.bootstrap();
+        // Runs until the test process exits (the watchdog stops it).
+        std::mem::forget(broker);
+        addr
     })
 }
 
 /// Creates `topic` with `partitions` partitions on the test broker.
 pub fn kafka_topic(topic: &str, partitions: i32) {
+    kafka_topic_at(kafka_bootstrap(), topic, partitions)
+}
+
+/// Creates `topic` on the broker at `bootstrap`.
+pub fn kafka_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -474,9 +545,14 @@ pub fn kafka_topic(topic: &str, partitions: i32) {
 /// Produces `(partition, key, payload)` messages and waits until all are
 /// acknowledged. In a new topic, the n-th message of a partition has offset n.
 pub fn kafka_produce(topic: &str, messages: &[(i32, String, Vec<u8>)]) {
+    kafka_produce_at(kafka_bootstrap(), topic, messages)
+}
+
+/// Produces to the broker at `bootstrap` (see [`kafka_produce`]).
+pub fn kafka_produce_at(bootstrap: &str, topic: &str, messages: &[(i32, String, Vec<u8>)]) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()
@@ -505,8 +581,58 @@ pub fn kafka_produce(topic: &str, messages: &[(i32, String, Vec<u8>)]) {
     producer.flush(std::time::Duration::from_secs(60)).unwrap();
 }
 
+/// A plain HTTP/1.0 GET on loopback: (status code, body), or `None` when
+/// nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Polls `check` every 200 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A child process SIGKILLed when dropped (a failed test leaves none behind).
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Sends SIGINT (Ctrl-C) and waits for the output.
+    pub fn interrupt_and_wait(mut self) -> std::process::Output {
+        let child = self.0.take().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A loopback port free right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

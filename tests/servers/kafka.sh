@@ -2,7 +2,8 @@
 # Runs a single Apache Kafka broker (KRaft combined mode: broker and
 # controller in one process) on loopback, in the foreground, for the tests.
 #   tests/servers/kafka.sh DIR PORT CONTROLLER_PORT
-# DIR gets a fresh config, log4j2 config and data directory. The jars come
+# DIR gets a fresh config, log4j2 config and data directory (started again
+# over the same DIR, the broker keeps its data). The jars come
 # from Maven Central through kafka/pom.xml, cached in
 # ~/.cache/tessera/kafka-<version>/lib (downloaded once). Ready when the log
 # says "Kafka Server started" (or a client's metadata request succeeds).
@@ -52,7 +53,11 @@ logger.kafka.level = info
 logger.server.name = kafka.server.BrokerServer
 logger.server.level = info
 LOG
-cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+# A restart over the same DIR keeps its cluster id (and data).
+if [ ! -f "$dir/cluster.id" ]; then
+  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' > "$dir/cluster.id"
+fi
+cluster_id=$(cat "$dir/cluster.id")
 java_cmd=(java -Xms384m -Xmx384m -XX:+UseSerialGC -Dlog4j2.configurationFile="$dir/log4j2.properties"
   -Dkafka.logs.dir="$dir/logs" -cp "$lib/*")
 "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" --ignore-formatted >/dev/null

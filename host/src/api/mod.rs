@@ -1,6 +1,13 @@
-//! The HTTP API (axum): feature serving now, admin calls later.
+//! The HTTP API (axum): feature serving, status and metrics now, admin
+//! calls later.
 //!
-//! - `GET /health` — liveness.
+//! - `GET /health` — liveness (the process answers).
+//! - `GET /healthz` — 200 when healthy, 503 with the problems otherwise
+//!   (source cannot reach its brokers, pipeline failed or stuck, store down).
+//! - `GET /readyz` — 200 once the pipeline runs with input assigned.
+//! - `GET /v1/status` — the running pipeline: state, counters, watermark,
+//!   and per source partition offsets, lag, watermark and throughput.
+//! - `GET /metrics` — Prometheus text format.
 //! - `GET /v1/features` — registered features and their tile sizes.
 //! - `GET /v1/features/{feature}/entities/{entity}?window=2h[&at=...]` — one
 //!   feature of one entity over a window ending at `at` (ms since the epoch or
@@ -20,8 +27,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::record::now_ms;
 use crate::stores::TileStore;
+use crate::telemetry::status::{PipelineStatus, StatusBoard};
 
 /// One error type for every handler.
 #[derive(Debug)]
@@ -54,21 +64,112 @@ impl From<crate::stores::StoreError> for ApiError {
     }
 }
 
+/// What the API serves: the store, and when a pipeline runs in this
+/// process its status board and the metrics recorder.
 #[derive(Clone)]
-struct AppState {
-    store: Arc<dyn TileStore>,
+pub struct AppState {
+    pub store: Arc<dyn TileStore>,
+    pub status: Option<Arc<StatusBoard>>,
+    pub metrics: Option<PrometheusHandle>,
 }
 
-/// The router, built without a socket so tests can call it directly.
+impl AppState {
+    pub fn new(store: Arc<dyn TileStore>) -> Self {
+        AppState {
+            store,
+            status: None,
+            metrics: None,
+        }
+    }
+
+    /// The router, built without a socket so tests can call it directly.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route(
+                "/health",
+                get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+            )
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/v1/status", get(status))
+            .route("/metrics", get(metrics))
+            .route("/v1/features", get(list_features))
+            .route("/v1/features/{feature}/entities/{entity}", get(get_feature))
+            .with_state(self)
+    }
+}
+
+/// The router over a store alone (no pipeline in this process).
 pub fn router(store: Arc<dyn TileStore>) -> Router {
-    Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route("/v1/features", get(list_features))
-        .route("/v1/features/{feature}/entities/{entity}", get(get_feature))
-        .with_state(AppState { store })
+    AppState::new(store).router()
+}
+
+/// Health or readiness as (healthy, problems): the pipeline's when one
+/// runs here, else whether the store answers.
+async fn check(s: &AppState, ready: bool) -> (bool, Vec<String>) {
+    match &s.status {
+        Some(board) => {
+            let st = board.read();
+            let ok = if ready { st.ready } else { st.healthy };
+            let mut problems = st.problems;
+            if ready && !st.ready && problems.is_empty() {
+                problems.push(format!("not ready: {:?}, no input assigned yet", st.state));
+            }
+            (ok, problems)
+        }
+        None => {
+            let store = s.store.clone();
+            match tokio::task::spawn_blocking(move || store.features()).await {
+                Ok(Ok(_)) => (true, vec![]),
+                Ok(Err(e)) => (false, vec![format!("store: {e}")]),
+                Err(e) => (false, vec![format!("store check: {e}")]),
+            }
+        }
+    }
+}
+
+fn health_answer(ok: bool, problems: Vec<String>) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "problems": problems,
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    let (ok, problems) = check(&s, false).await;
+    health_answer(ok, problems)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let (ok, problems) = check(&s, true).await;
+    health_answer(ok, problems)
+}
+
+async fn status(State(s): State<AppState>) -> Result<Json<PipelineStatus>, ApiError> {
+    let board = s
+        .status
+        .ok_or_else(|| ApiError::NotFound("no pipeline runs in this process".into()))?;
+    Ok(Json(board.read()))
+}
+
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let handle = s
+        .metrics
+        .ok_or_else(|| ApiError::NotFound("metrics are not recorded in this process".into()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response())
 }
 
 async fn list_features(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

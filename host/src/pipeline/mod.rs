@@ -1,6 +1,11 @@
 //! Wires the stages: source → parser plugin → late-data check → feature
 //! plugins → tiler → store, with the dead letter and side output beside them.
 //!
+//! Routing: a batch (one topic and partition) goes to the parser that
+//! claims its topic (`[[parsers]]`, else `[parser]`), and each feature
+//! plugin receives only the event types it lists (`event_types`), so event
+//! types never share one channel they did not ask for.
+//!
 //! Batches flow one at a time on the calling thread. Every plugin call is
 //! contained: when a call fails, the batch is split in halves and retried
 //! down to single records, so only the records that make the plugin fail go
@@ -39,6 +44,7 @@ use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoredFeature, TileStore};
+use crate::telemetry::status::{Counters, StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
 /// Opens every configured output at the state its last checkpoint committed.
@@ -80,12 +86,44 @@ const SIDE_OUTPUT_KEY: &str = "sink:side-output";
 struct FeatureStage {
     plugin: FeaturePlugin,
     defs: Vec<FeatureDef>,
+    /// The event types it receives; every type when empty.
+    event_types: Vec<String>,
+}
+
+impl FeatureStage {
+    /// The rows of `events` this stage receives: `None` for all of them.
+    fn rows(&self, events: &EventBatch) -> Option<Vec<u32>> {
+        if self.event_types.is_empty() {
+            return None;
+        }
+        let wanted: Vec<bool> = events
+            .type_names
+            .iter()
+            .map(|n| self.event_types.contains(n))
+            .collect();
+        if wanted.iter().all(|w| *w) {
+            return None;
+        }
+        Some(
+            (0..events.len)
+                .filter(|r| {
+                    wanted
+                        .get(events.event_type[*r as usize] as usize)
+                        .copied()
+                        .unwrap_or(false)
+                })
+                .collect(),
+        )
+    }
 }
 
 pub struct Pipeline {
     cfg: Config,
     // Declared before the plugins' engine owner so it drops after them.
-    parser: ParserPlugin,
+    /// `[parser]` first, then `[[parsers]]`.
+    parsers: Vec<ParserPlugin>,
+    /// Topic → index in `parsers` (topics not listed go to the first).
+    parser_for_topic: std::collections::HashMap<String, usize>,
     features: Vec<FeatureStage>,
     late: Option<LatePlugin>,
     _runtime: PluginRuntime,
@@ -101,6 +139,8 @@ pub struct Pipeline {
     watermarks: Watermarks,
     stats: RunStats,
     stop: Arc<AtomicBool>,
+    status: Arc<StatusBoard>,
+    reporter: StatusReporter,
 }
 
 /// Where a dead-lettered record came from, and its bytes.
@@ -150,9 +190,18 @@ impl Pipeline {
                 source,
             }
         };
-        let parser = PluginSource::from_config(&cfg.parser)
-            .and_then(|s| runtime.load_parser(&s))
-            .map_err(load_err(&cfg.parser.name))?;
+        let mut parsers = Vec::new();
+        let mut parser_for_topic = std::collections::HashMap::new();
+        for (i, p) in std::iter::once(&cfg.parser).chain(&cfg.parsers).enumerate() {
+            parsers.push(
+                PluginSource::from_config(p)
+                    .and_then(|s| runtime.load_parser(&s))
+                    .map_err(load_err(&p.name))?,
+            );
+            for t in &p.topics {
+                parser_for_topic.insert(t.clone(), i);
+            }
+        }
         let mut loaded = Vec::new();
         for f in &cfg.features {
             loaded.push(
@@ -191,7 +240,8 @@ impl Pipeline {
         let mut ids = ids.into_iter().zip(stored);
         let features = loaded
             .into_iter()
-            .map(|plugin| {
+            .zip(&cfg.features)
+            .map(|(plugin, plugin_cfg)| {
                 let defs = plugin
                     .specs()
                     .iter()
@@ -205,7 +255,11 @@ impl Pipeline {
                         }
                     })
                     .collect();
-                FeatureStage { plugin, defs }
+                FeatureStage {
+                    plugin,
+                    defs,
+                    event_types: plugin_cfg.event_types.clone(),
+                }
             })
             .collect();
 
@@ -215,13 +269,17 @@ impl Pipeline {
         let side_output = NdjsonSink::resume(&cfg.side_output.path, committed(SIDE_OUTPUT_KEY)?)?;
         let outputs = open_outputs(&cfg, store.as_ref())?;
         let watermarks = cfg.watermark.tracker();
+        let status = Arc::new(StatusBoard::new(&cfg.pipeline.name, cfg.source.kind()));
         Ok(Pipeline {
+            status,
+            reporter: StatusReporter::default(),
             dead_letter,
             side_output,
             outputs,
             end_of_input: false,
             cfg,
-            parser,
+            parsers,
+            parser_for_topic,
             features,
             late,
             _runtime: runtime,
@@ -239,14 +297,36 @@ impl Pipeline {
         self.stop.clone()
     }
 
+    /// The status board this pipeline writes (for the HTTP API).
+    pub fn status_board(&self) -> Arc<StatusBoard> {
+        self.status.clone()
+    }
+
     /// Runs until the source ends (or the stop flag is set), checkpointing
-    /// along the way; `progress` is called about twice a second.
+    /// along the way; `progress` is called (and the status board written)
+    /// about twice a second.
     pub fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<RunStats, PipelineError> {
+        let result = self.run_to_end(progress);
+        self.publish_status();
+        self.status.finish(
+            result
+                .as_ref()
+                .err()
+                .map(|e| format!("the pipeline failed: {e}")),
+        );
+        result
+    }
+
+    fn run_to_end(
+        &mut self,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<RunStats, PipelineError> {
         let started = Instant::now();
         let mut last_checkpoint = Instant::now();
         let mut last_progress = Instant::now();
         let mut first_record: Option<Instant> = None;
         let mut last_record = started;
+        self.publish_status();
         while !self.stop.load(Ordering::Relaxed) {
             let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
                 self.end_of_input = self.source.is_bounded();
@@ -271,6 +351,7 @@ impl Pipeline {
             }
             if last_progress.elapsed().as_millis() >= 500 {
                 progress(&self.progress(started));
+                self.publish_status();
                 last_progress = Instant::now();
             }
         }
@@ -279,6 +360,23 @@ impl Pipeline {
         self.stats.reading = first_record.map_or(std::time::Duration::ZERO, |f| last_record - f);
         progress(&self.progress(started));
         Ok(self.stats.clone())
+    }
+
+    fn publish_status(&mut self) {
+        let counters = Counters {
+            records_in: self.stats.records_in,
+            events_out: self.stats.events_out,
+            dead_lettered: self.stats.dead_lettered,
+            checkpoints: self.stats.checkpoints,
+            rollbacks: self.stats.rollbacks,
+        };
+        let status = self.reporter.report(
+            &self.status,
+            self.source.status(),
+            &self.watermarks,
+            counters,
+        );
+        self.status.publish(status);
     }
 
     fn progress(&self, started: Instant) -> Progress {
@@ -328,6 +426,7 @@ impl Pipeline {
             positions,
         };
         self.store.commit(&checkpoint)?;
+        self.source.committed();
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
         self.publish_outputs()
@@ -448,6 +547,11 @@ impl Pipeline {
             return Ok(());
         }
         self.stats.records_in += batch.raw.offsets.len() as u64;
+        self.reporter.count(
+            &batch.raw.topic,
+            batch.raw.partition,
+            batch.raw.offsets.len() as u64,
+        );
         let mut chunks = Vec::new();
         self.parse_isolating(batch.raw, &mut chunks)?;
         for (raw, events) in chunks {
@@ -464,9 +568,11 @@ impl Pipeline {
         raw: RawBatch,
         out: &mut Vec<(RawBatch, EventBatch)>,
     ) -> Result<(), PipelineError> {
-        match self.parser.parse(&raw) {
+        let i = self.parser_for_topic.get(&raw.topic).copied().unwrap_or(0);
+        let parser = &mut self.parsers[i];
+        match parser.parse(&raw) {
             Ok(parsed) => {
-                let meta = self.parser.meta().clone();
+                let meta = parser.meta().clone();
                 for e in &parsed.errors {
                     self.dead_letter(Stage::Parse, Some(&meta), &e.reason, &raw, e.row as usize)?;
                 }
@@ -476,13 +582,14 @@ impl Pipeline {
                 Ok(())
             }
             Err(err) => {
-                let meta = self.parser.meta().clone();
-                if self.parser.health().quarantined {
-                    let action = self.parser.quarantine_policy().action;
+                let meta = parser.meta().clone();
+                if parser.health().quarantined {
+                    let action = parser.quarantine_policy().action;
+                    let failures = parser.health().consecutive_failures;
                     return self.quarantined(
                         action,
                         &meta,
-                        self.parser.health().consecutive_failures,
+                        failures,
                         &err,
                         Stage::Parse,
                         &raw,
@@ -537,7 +644,11 @@ impl Pipeline {
         }
         self.stats.events_out += events.len as u64;
         for i in 0..self.features.len() {
-            self.feature_isolating(i, raw, &events)?;
+            match self.features[i].rows(&events) {
+                None => self.feature_isolating(i, raw, &events)?,
+                Some(rows) if rows.is_empty() => {}
+                Some(rows) => self.feature_isolating(i, raw, &select_events(&events, &rows))?,
+            }
         }
         for i in 0..self.outputs.len() {
             let before = self.outputs[i].stats().records;
@@ -719,7 +830,11 @@ impl Pipeline {
 
     /// Health of every plugin, by name.
     pub fn plugin_health(&self) -> Vec<(PluginMeta, crate::plugin::PluginHealth)> {
-        let mut v = vec![(self.parser.meta().clone(), self.parser.health().clone())];
+        let mut v: Vec<_> = self
+            .parsers
+            .iter()
+            .map(|p| (p.meta().clone(), p.health().clone()))
+            .collect();
         v.extend(
             self.features
                 .iter()

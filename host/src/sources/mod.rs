@@ -17,6 +17,7 @@ use crate::config::SourceConfig;
 use crate::error::SourceError;
 use crate::record::RawBatch;
 use crate::stores::TileStore;
+use crate::telemetry::status::SourceStatus;
 
 pub use file::FileSource;
 pub use kafka::KafkaSource;
@@ -76,6 +77,18 @@ pub trait Source: Send {
     /// a pause of an unbounded stream.
     fn is_bounded(&self) -> bool {
         true
+    }
+
+    /// Told after the positions from [`positions`](Self::positions) were
+    /// committed with their tiles (Kafka also tells its group, advisory).
+    fn committed(&mut self) {}
+
+    /// Health, readiness and per-partition positions for the status page.
+    fn status(&self) -> SourceStatus {
+        SourceStatus {
+            ready: true,
+            ..SourceStatus::default()
+        }
     }
 }
 

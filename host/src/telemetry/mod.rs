@@ -1,4 +1,7 @@
-//! Logging set-up and progress display for long runs.
+//! Logging set-up, progress display for long runs, and the status and
+//! metrics a running pipeline reports (`status`).
+
+pub mod status;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

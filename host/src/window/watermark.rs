@@ -55,6 +55,23 @@ impl Watermarks {
             .map(|(t, _)| t.saturating_sub(self.out_of_orderness_ms))
     }
 
+    /// Every partition's watermark and whether it is idle now.
+    pub fn snapshot(&self) -> HashMap<(String, i32), (i64, bool)> {
+        let now = Instant::now();
+        self.partitions
+            .iter()
+            .map(|(k, (t, seen))| {
+                (
+                    k.clone(),
+                    (
+                        t.saturating_sub(self.out_of_orderness_ms),
+                        self.idle_at(*seen, now),
+                    ),
+                )
+            })
+            .collect()
+    }
+
     fn idle_at(&self, seen: Instant, now: Instant) -> bool {
         self.idle_timeout
             .is_some_and(|idle| now.saturating_duration_since(seen) >= idle)

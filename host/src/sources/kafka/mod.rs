@@ -21,6 +21,15 @@
 //! `queued.max.messages.kbytes` (passed through like every other property).
 //! Ingestion time is the message timestamp (the broker's log-append time
 //! when the topic uses it), else when the host read the message.
+//!
+//! Health: librdkafka reconnects to brokers by itself with back-off
+//! (`reconnect.backoff.ms`, `reconnect.backoff.max.ms`); the source reports
+//! unhealthy while no broker connection is up (librdkafka statistics every
+//! `statistics.interval.ms`, default here 1 s, and its all-brokers-down
+//! error), and per-partition high watermarks for the lag. After each
+//! checkpoint the committed positions are also committed to the group
+//! (asynchronously, advisory only: they let `kafka-consumer-groups.sh` and
+//! lag monitors see progress; the host never reads them back).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -37,6 +46,7 @@ use super::{Source, SourceBatch};
 use crate::error::SourceError;
 use crate::record::{now_ms, RawBatchBuilder};
 use crate::stores::TileStore;
+use crate::telemetry::status::{SourcePartition, SourceStatus};
 
 /// The store key of a partition's committed position.
 pub fn position_key(topic: &str, partition: i32) -> String {
@@ -54,12 +64,25 @@ struct Assignment {
     assigned_at: Option<Instant>,
 }
 
+/// What librdkafka's statistics and error callbacks tell the source.
+#[derive(Default)]
+struct BrokerHealth {
+    /// Whether a broker connection is up; `None` before the first report.
+    up: Option<bool>,
+    /// Broker name → state ("UP", "CONNECT", "DOWN", ...), from the last statistics.
+    states: BTreeMap<String, String>,
+    /// Per partition: the offset the next produced message gets (the last
+    /// stable offset under `read_committed`, librdkafka's default).
+    high: HashMap<(String, i32), i64>,
+}
+
 /// The consumer context: starts assigned partitions at their committed
-/// positions and records revocations.
+/// positions, records revocations and broker health.
 struct GroupContext {
     store: Arc<dyn TileStore>,
     pipeline: String,
     assignment: Mutex<Assignment>,
+    health: Mutex<BrokerHealth>,
 }
 
 impl ClientContext for GroupContext {
@@ -76,6 +99,31 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "rdkafka", %error, "{reason}");
+        if let KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) = error {
+            self.health.lock().expect("not poisoned").up = Some(false);
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut h = self.health.lock().expect("not poisoned");
+        h.states = statistics
+            .brokers
+            .values()
+            .map(|b| (b.name.clone(), b.state.clone()))
+            .collect();
+        h.up = Some(h.states.values().any(|s| s == "UP"));
+        for (topic, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                let high = if part.ls_offset >= 0 {
+                    part.ls_offset
+                } else {
+                    part.hi_offset
+                };
+                if *p >= 0 && high >= 0 {
+                    h.high.insert((topic.clone(), *p), high);
+                }
+            }
+        }
     }
 }
 
@@ -175,6 +223,9 @@ pub struct KafkaSource {
     idle_exit: Option<Duration>,
     last_record: Instant,
     topics: Vec<String>,
+    /// Set when a poll ran dry: the next message marks the brokers up
+    /// (sooner than the next statistics).
+    saw_no_message: bool,
 }
 
 impl KafkaSource {
@@ -191,7 +242,8 @@ impl KafkaSource {
         pipeline: &str,
     ) -> Result<Self, SourceError> {
         let mut cfg = ClientConfig::new();
-        cfg.set("auto.offset.reset", "earliest");
+        cfg.set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in properties {
             cfg.set(k, v);
         }
@@ -203,6 +255,7 @@ impl KafkaSource {
             store,
             pipeline: pipeline.to_string(),
             assignment: Mutex::new(Assignment::default()),
+            health: Mutex::new(BrokerHealth::default()),
         };
         let consumer: BaseConsumer<GroupContext> = cfg
             .create_with_context(context)
@@ -219,6 +272,7 @@ impl KafkaSource {
             idle_exit,
             last_record: Instant::now(),
             topics: topics.to_vec(),
+            saw_no_message: true,
         })
     }
 
@@ -295,6 +349,7 @@ impl Source for KafkaSource {
                 if let Some(b) = self.take_fullest() {
                     return Ok(Some(b));
                 }
+                self.saw_no_message = true;
                 // Idle: nothing read since the later of the last record and
                 // the last assignment (never before the group assigned us).
                 let assigned_at = self
@@ -318,6 +373,15 @@ impl Source for KafkaSource {
                 }
                 Some(Ok(m)) => {
                     self.last_record = Instant::now();
+                    if self.saw_no_message {
+                        self.saw_no_message = false;
+                        self.consumer
+                            .context()
+                            .health
+                            .lock()
+                            .expect("not poisoned")
+                            .up = Some(true);
+                    }
                     let key = (m.topic().to_string(), m.partition());
                     let b = self
                         .pending
@@ -362,5 +426,70 @@ impl Source for KafkaSource {
 
     fn is_bounded(&self) -> bool {
         false
+    }
+
+    fn committed(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), next) in &self.next {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self
+                .consumer
+                .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+            {
+                tracing::debug!(error = %e, "advisory offset commit to the group failed");
+            }
+        }
+    }
+
+    fn status(&self) -> SourceStatus {
+        let ctx = self.consumer.context();
+        let assigned = ctx
+            .assignment
+            .lock()
+            .expect("not poisoned")
+            .assigned
+            .clone();
+        let h = ctx.health.lock().expect("not poisoned");
+        let mut problems = Vec::new();
+        match h.up {
+            Some(true) => {}
+            up => {
+                let states: Vec<String> =
+                    h.states.iter().map(|(b, s)| format!("{b} {s}")).collect();
+                problems.push(format!(
+                    "Kafka: {} (librdkafka reconnects with back-off){}",
+                    if up.is_none() {
+                        "no broker connection yet"
+                    } else {
+                        "no broker connection is up"
+                    },
+                    if states.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; brokers: {}", states.join(", "))
+                    }
+                ));
+            }
+        }
+        let partitions = assigned
+            .iter()
+            .map(|(topic, p)| SourcePartition {
+                topic: topic.clone(),
+                partition: *p,
+                next_offset: self
+                    .next
+                    .get(&(topic.clone(), *p))
+                    .copied()
+                    .or_else(|| ctx.committed(topic, *p)),
+                high_watermark: h.high.get(&(topic.clone(), *p)).copied(),
+            })
+            .collect();
+        SourceStatus {
+            ready: problems.is_empty() && !assigned.is_empty(),
+            problems,
+            partitions,
+        }
     }
 }

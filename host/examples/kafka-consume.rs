@@ -1,0 +1,46 @@
+//! Reads a topic from the start as fast as librdkafka delivers it, and does
+//! nothing with the messages: the ceiling a consumer on this machine gets
+//! from the broker, for `scripts/bench-kafka.sh`. Prints records/s from the
+//! first message to the last. Usage: kafka-consume BOOTSTRAP TOPIC COUNT [KEY=VALUE...]
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: kafka-consume BOOTSTRAP TOPIC COUNT [KEY=VALUE...]"
+    );
+    let (bootstrap, topic, count): (&str, &str, u64) = (&args[1], &args[2], args[3].parse()?);
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("consume-only-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    for kv in &args[4..] {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("not KEY=VALUE: {kv}"))?;
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create()?;
+    consumer.subscribe(&[topic])?;
+    let (mut n, mut bytes) = (0u64, 0usize);
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < count && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!("{{\"records_in\": {n}, \"reading\": {secs}, \"bytes\": {bytes}}}");
+    Ok(())
+}

@@ -66,9 +66,56 @@ for i in $(seq "$RUNS"); do
     rates[$variant]="${rates[$variant]:-} $rate"
   done
 done
+kafka_median=$(python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1].split())))' "${rates[kafka]}")
 python3 - "${rates[file]}" "${rates[kafka]}" "${rates[consume-only]}" <<'PY'
 import statistics, sys
 f, k, c = (statistics.median(map(float, a.split())) for a in sys.argv[1:4])
 print(f"median: file source {f/1e6:.2f} M records/s, Kafka source {k/1e6:.2f} M records/s ({k/f:.2f}x file), "
       f"consume-only {c/1e6:.2f} M records/s (Kafka source at {k/c:.2f}x of it)")
 PY
+
+# Lag under a fixed produce rate: half and twice the Kafka source's median
+# rate, for LAG_SECONDS (default 20) each. The host runs with --serve; every
+# second its /v1/status gives the summed consumer lag and /proc its RSS.
+LAG_SECONDS=${LAG_SECONDS:-20}
+api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+for run in half:0.5 double:2; do
+  label=${run%:*} frac=${run#*:}
+  rate=$(python3 -c "print(int($kafka_median * $frac))")
+  topic="lag-$label"
+  cfg="$work/kafka/lag-$label.toml"
+  sed -e "s/topics = \[\"events\"\]/topics = [\"$topic\"]/" -e "s/idle_exit = \"2s\"/idle_exit = \"5s\"/" \
+      -e "s/^name = \"quickstart.*\"/name = \"quickstart-lag-$label\"/" "$work/kafka/tessera.toml" > "$cfg"
+  printf '\n[api]\nlisten = "127.0.0.1:%s"\n' "$api_port" >> "$cfg"
+  rm -rf "$work/kafka/out"
+  "$TARGET/release/examples/kafka-produce" "127.0.0.1:$port" "$topic" 4 "$work/events.ndjson" 1 1 2>/dev/null
+  "$TESSERA" run --serve --config "$cfg" 2>"$work/lag.err" &
+  host=$!
+  "$TARGET/release/examples/kafka-produce" "127.0.0.1:$port" "$topic" 4 "$work/events.ndjson" "$rate" $((rate * LAG_SECONDS)) 2>"$work/produce.err" &
+  producer=$!
+  samples="$work/lag-$label.samples"
+  : > "$samples"
+  drained=""
+  for t in $(seq 1 $((LAG_SECONDS * 4))); do
+    sleep 1
+    kill -0 $host 2>/dev/null || { echo "tessera run (lag $label) failed:"; tail -5 "$work/lag.err"; exit 1; }
+    status=$(curl -sf "http://127.0.0.1:$api_port/v1/status" || echo '{}')
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$host/status" 2>/dev/null || echo 0)
+    lag=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(sum(p.get("lag") or 0 for p in s.get("partitions", [])))' "$status")
+    echo "$t $lag $rss" >> "$samples"
+    if ! kill -0 $producer 2>/dev/null && [ "$lag" = 0 ] && [ -z "$drained" ]; then drained=$t; break; fi
+  done
+  wait $producer || true
+  kill -INT $host 2>/dev/null; wait $host 2>/dev/null || true
+  python3 - "$samples" "$frac" "$rate" "$LAG_SECONDS" "${drained:-none}" "$(tail -1 "$work/produce.err")" <<'PY'
+import statistics, sys
+rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+frac, rate, secs, drained, produced = sys.argv[2:7]
+during = [r for r in rows if r[0] <= int(secs)] or rows
+lags = [r[1] for r in during]
+rss = max(r[2] for r in rows) / 1024
+print(f"fixed rate {frac}x ({int(rate)/1e3:.0f} k records/s asked; {produced}): lag while producing "
+      f"median {statistics.median(lags):.0f}, max {max(lags)} records; "
+      f"drained {'%s s after start' % drained if drained != 'none' else 'not within the wait'}; max RSS {rss:.0f} MiB")
+PY
+done

@@ -1,6 +1,7 @@
 //! Produces the lines of an NDJSON file to a topic (created with the given
-//! partition count), as fast as the broker takes them, for
-//! `scripts/bench-kafka.sh`. Usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE
+//! partition count), as fast as the broker takes them or at RATE records/s
+//! (COUNT records, going round the file), for `scripts/bench-kafka.sh`.
+//! Usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE [RATE COUNT]
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -13,9 +14,13 @@ use rdkafka::ClientConfig;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
-        args.len() == 5,
-        "usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE"
+        args.len() == 5 || args.len() == 7,
+        "usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE [RATE COUNT]"
     );
+    let paced: Option<(f64, u64)> = match args.get(5..7) {
+        Some([rate, count]) => Some((rate.parse()?, count.parse()?)),
+        _ => None,
+    };
     let (bootstrap, topic, partitions, file) = (&args[1], &args[2], args[3].parse()?, &args[4]);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -28,12 +33,24 @@ fn main() -> anyhow::Result<()> {
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .create()?;
+    let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(file)?)
+        .lines()
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(!lines.is_empty(), "{file} is empty");
+    let total = paced.map_or(lines.len() as u64, |(_, count)| count);
     let started = Instant::now();
     let mut n = 0u64;
-    for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
-        let line = line?;
+    while n < total {
+        if let Some((rate, _)) = paced {
+            // Ahead of schedule: wait until record n is due.
+            let due = Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let line = &lines[(n % lines.len() as u64) as usize];
         let key = n.to_string();
-        let mut record = BaseRecord::to(topic).key(&key).payload(&line);
+        let mut record = BaseRecord::to(topic).key(&key).payload(line);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -46,9 +63,10 @@ fn main() -> anyhow::Result<()> {
         n += 1;
     }
     producer.flush(Duration::from_secs(120))?;
+    let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "produced {n} records to {topic} in {:.1}s",
-        started.elapsed().as_secs_f64()
+        "produced {n} records to {topic} in {secs:.1}s ({:.0} records/s)",
+        n as f64 / secs
     );
     Ok(())
 }

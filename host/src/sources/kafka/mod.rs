@@ -32,6 +32,7 @@
 //! lag monitors see progress; the host never reads them back).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,8 +57,6 @@ pub fn position_key(topic: &str, partition: i32) -> String {
 /// What rebalance callbacks tell the source (they run inside `poll`).
 #[derive(Default)]
 struct Assignment {
-    /// Set by a revocation: the pipeline must roll back.
-    revoked: bool,
     /// Partitions currently assigned.
     assigned: Vec<(String, i32)>,
     /// When partitions were last assigned (idle time counts from then).
@@ -82,6 +81,9 @@ struct GroupContext {
     store: Arc<dyn TileStore>,
     pipeline: String,
     assignment: Mutex<Assignment>,
+    /// Set by a revocation: the pipeline must roll back. Checked before
+    /// every poll, so an atomic rather than the assignment's lock.
+    revoked: AtomicBool,
     health: Mutex<BrokerHealth>,
 }
 
@@ -199,14 +201,14 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(partitions = ?parts, "partitions revoked: rolling back to the last checkpoint");
                 let mut a = self.assignment.lock().expect("not poisoned");
                 a.assigned.retain(|p| !parts.contains(p));
-                a.revoked = true;
+                self.revoked.store(true, Ordering::Release);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed");
                 let _ = consumer.unassign();
                 let mut a = self.assignment.lock().expect("not poisoned");
                 a.assigned.clear();
-                a.revoked = true;
+                self.revoked.store(true, Ordering::Release);
             }
         }
     }
@@ -217,8 +219,13 @@ pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
     /// Next offset of every partition, covering the records handed out.
     next: BTreeMap<(String, i32), i64>,
-    /// Records polled but not yet handed out, by partition.
-    pending: HashMap<(String, i32), RawBatchBuilder>,
+    /// Records polled but not yet handed out, by partition (a few
+    /// partitions per host: a list, searched without allocating).
+    pending: Vec<((String, i32), RawBatchBuilder)>,
+    /// A pending builder reached the batch size.
+    full: bool,
+    /// The batch size last asked for.
+    batch_size: usize,
     poll_timeout: Duration,
     idle_exit: Option<Duration>,
     last_record: Instant,
@@ -255,6 +262,7 @@ impl KafkaSource {
             store,
             pipeline: pipeline.to_string(),
             assignment: Mutex::new(Assignment::default()),
+            revoked: AtomicBool::new(false),
             health: Mutex::new(BrokerHealth::default()),
         };
         let consumer: BaseConsumer<GroupContext> = cfg
@@ -267,7 +275,9 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             next: BTreeMap::new(),
-            pending: HashMap::new(),
+            pending: Vec::new(),
+            full: false,
+            batch_size: usize::MAX,
             poll_timeout,
             idle_exit,
             last_record: Instant::now(),
@@ -280,17 +290,16 @@ impl KafkaSource {
     /// partition still assigned to its committed position.
     fn roll_back(&mut self) {
         self.pending.clear();
+        self.full = false;
         self.next.clear();
-        let assigned = {
-            let mut a = self
-                .consumer
-                .context()
-                .assignment
-                .lock()
-                .expect("not poisoned");
-            a.revoked = false;
-            a.assigned.clone()
-        };
+        let ctx = self.consumer.context();
+        ctx.revoked.store(false, Ordering::Release);
+        let assigned = ctx
+            .assignment
+            .lock()
+            .expect("not poisoned")
+            .assigned
+            .clone();
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in &assigned {
             let offset = match self.consumer.context().committed(topic, *p) {
@@ -308,12 +317,9 @@ impl KafkaSource {
 
     /// Hands out the fullest pending batch.
     fn take_fullest(&mut self) -> Option<SourceBatch> {
-        let key = self
-            .pending
-            .iter()
-            .max_by_key(|(_, b)| b.len())
-            .map(|(k, _)| k.clone())?;
-        let builder = self.pending.remove(&key)?;
+        let i = (0..self.pending.len()).max_by_key(|i| self.pending[*i].1.len())?;
+        let (key, builder) = self.pending.swap_remove(i);
+        self.full = self.pending.iter().any(|(_, b)| b.len() >= self.batch_size);
         let raw = builder.finish();
         if let Some(last) = raw.offsets.last() {
             self.next.insert(key, last + 1);
@@ -328,20 +334,14 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<SourceBatch>, SourceError> {
+        self.batch_size = max_records;
         let deadline = Instant::now() + self.poll_timeout;
         loop {
-            if self
-                .consumer
-                .context()
-                .assignment
-                .lock()
-                .expect("not poisoned")
-                .revoked
-            {
+            if self.consumer.context().revoked.load(Ordering::Acquire) {
                 self.roll_back();
                 return Ok(Some(SourceBatch::rolled_back()));
             }
-            if self.pending.values().any(|b| b.len() >= max_records) {
+            if self.full {
                 return Ok(self.take_fullest());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -382,11 +382,21 @@ impl Source for KafkaSource {
                             .expect("not poisoned")
                             .up = Some(true);
                     }
-                    let key = (m.topic().to_string(), m.partition());
-                    let b = self
+                    let (topic, partition) = (m.topic(), m.partition());
+                    let i = match self
                         .pending
-                        .entry(key)
-                        .or_insert_with(|| RawBatchBuilder::new(m.topic(), m.partition()));
+                        .iter()
+                        .position(|((t, p), _)| *p == partition && t == topic)
+                    {
+                        Some(i) => i,
+                        None => {
+                            let key = (topic.to_string(), partition);
+                            self.pending
+                                .push((key, RawBatchBuilder::new(topic, partition)));
+                            self.pending.len() - 1
+                        }
+                    };
+                    let b = &mut self.pending[i].1;
                     let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
                     b.push(
                         m.offset(),
@@ -399,6 +409,7 @@ impl Source for KafkaSource {
                             b.header(h.key.as_bytes(), h.value.unwrap_or(&[]));
                         }
                     }
+                    self.full |= b.len() >= max_records;
                 }
             }
         }

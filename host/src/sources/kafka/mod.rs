@@ -130,6 +130,15 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
+    /// The partitions assigned now.
+    fn assigned(&self) -> Vec<(String, i32)> {
+        self.assignment
+            .lock()
+            .expect("not poisoned")
+            .assigned
+            .clone()
+    }
+
     /// The committed next offset of a partition, if the store has one.
     fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
         match self
@@ -294,12 +303,7 @@ impl KafkaSource {
         self.next.clear();
         let ctx = self.consumer.context();
         ctx.revoked.store(false, Ordering::Release);
-        let assigned = ctx
-            .assignment
-            .lock()
-            .expect("not poisoned")
-            .assigned
-            .clone();
+        let assigned = ctx.assigned();
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in &assigned {
             let offset = match self.consumer.context().committed(topic, *p) {
@@ -456,12 +460,7 @@ impl Source for KafkaSource {
 
     fn status(&self) -> SourceStatus {
         let ctx = self.consumer.context();
-        let assigned = ctx
-            .assignment
-            .lock()
-            .expect("not poisoned")
-            .assigned
-            .clone();
+        let assigned = ctx.assigned();
         let h = ctx.health.lock().expect("not poisoned");
         let mut problems = Vec::new();
         match h.up {

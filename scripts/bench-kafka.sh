@@ -30,6 +30,8 @@ for variant in file kafka; do
   mkdir -p "$work/$variant"
   sed -e "s#data/events.ndjson#$work/events.ndjson#" -e "s#\"out/#\"$work/$variant/out/#" \
       -e "s#\.\./target#$PWD/$TARGET#" examples/quickstart.toml | sed '/^\[\[outputs\]\]/,$d' > "$work/$variant/tessera.toml"
+  # Compiled plugins are cached, so host CPU time is the records' cost.
+  printf '\n[runtime]\ncache_dir = "%s"\n' "$work/plugin-cache" >> "$work/$variant/tessera.toml"
 done
 # The consumer settings both Kafka variants use.
 FETCH=("max.partition.fetch.bytes=8388608" "fetch.max.bytes=67108864")
@@ -44,7 +46,7 @@ text = re.sub(r'\[source\]\ntype = "file"\npath = "[^"]*"\n',
     f'properties = {{ {props} }}\n', text)
 open(path, "w").write(text)
 PY
-declare -A rates
+declare -A rates cpus
 for i in $(seq "$RUNS"); do
   for variant in file kafka consume-only; do
     if [ "$variant" = consume-only ]; then
@@ -57,13 +59,19 @@ for i in $(seq "$RUNS"); do
     rm -rf "$work/$variant/out"
     # A fresh group each run reads the topic from the start.
     sed -i "s/^name = \"quickstart.*\"/name = \"quickstart-$i\"/" "$work/$variant/tessera.toml"
-    stats=$("$TESSERA" run --json --config "$work/$variant/tessera.toml" 2>"$work/$variant.err") \
-      || { echo "tessera run ($variant) failed:"; grep -v "^  " "$work/$variant.err" | tail -12; exit 1; }
+    # Host CPU time (user + system, all its threads) from bash's `time`.
+    TIMEFORMAT='%U %S'
+    { time "$TESSERA" run --json --config "$work/$variant/tessera.toml" >"$work/$variant.json" 2>"$work/$variant.err" \
+      || { echo "tessera run ($variant) failed:"; tail -12 "$work/$variant.err"; exit 1; } ; } 2>"$work/$variant.time"
+    stats=$(cat "$work/$variant.json")
+    cpu=$(awk '{print $1 + $2}' "$work/$variant.time")
     # From the first record to the last: joining the group and the idle
     # wait at the end are not throughput.
     rate=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["records_in"]/s["reading"])' "$stats")
-    echo "run $i $variant: $(printf '%.0f' "$rate") records/s ($(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["records_in"])' "$stats") records)"
+    per_cpu=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["records_in"] / float(sys.argv[2]))' "$stats" "$cpu")
+    echo "run $i $variant: $(printf '%.0f' "$rate") records/s, $(printf '%.0f' "$per_cpu") records per host CPU-second ($cpu s)"
     rates[$variant]="${rates[$variant]:-} $rate"
+    cpus[$variant]="${cpus[$variant]:-} $per_cpu"
   done
 done
 kafka_median=$(python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1].split())))' "${rates[kafka]}")
@@ -72,6 +80,11 @@ import statistics, sys
 f, k, c = (statistics.median(map(float, a.split())) for a in sys.argv[1:4])
 print(f"median: file source {f/1e6:.2f} M records/s, Kafka source {k/1e6:.2f} M records/s ({k/f:.2f}x file), "
       f"consume-only {c/1e6:.2f} M records/s (Kafka source at {k/c:.2f}x of it)")
+PY
+python3 - "${cpus[file]}" "${cpus[kafka]}" <<'PY'
+import statistics, sys
+f, k = (statistics.median(map(float, a.split())) for a in sys.argv[1:3])
+print(f"median per host CPU-second (per core): file source {f/1e6:.2f} M records, Kafka source {k/1e6:.2f} M records ({k/f:.2f}x)")
 PY
 
 # Lag under a fixed produce rate: half and twice the Kafka source's median
@@ -96,8 +109,10 @@ for run in half:0.5 double:2; do
   samples="$work/lag-$label.samples"
   : > "$samples"
   drained=""
-  for t in $(seq 1 $((LAG_SECONDS * 4))); do
+  started=$SECONDS
+  while [ $((SECONDS - started)) -lt $((LAG_SECONDS * 4)) ]; do
     sleep 1
+    t=$((SECONDS - started))
     kill -0 $host 2>/dev/null || { echo "tessera run (lag $label) failed:"; tail -5 "$work/lag.err"; exit 1; }
     status=$(curl -sf "http://127.0.0.1:$api_port/v1/status" || echo '{}')
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$host/status" 2>/dev/null || echo 0)

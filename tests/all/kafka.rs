@@ -120,16 +120,17 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
     let (msgs, _) = messages(&events, None);
     support::kafka_produce(topic, &msgs);
     let cfg_path = dir.path().join("tessera.toml");
-    std::fs::write(
-        &cfg_path,
-        kafka_config(
-            dir.path(),
-            topic,
-            "checkpoint_events = 4000\ncheckpoint_interval = \"50ms\"",
-            "[watermark]\nout_of_orderness = \"3h\"",
-        ),
+    // The killed hosts stay in the group until their session times out
+    // (6 s) and hold partitions until then: the last run must not end idle
+    // (after 3 s) before it has been given them.
+    let cfg = kafka_config(
+        dir.path(),
+        topic,
+        "checkpoint_events = 4000\ncheckpoint_interval = \"50ms\"",
+        "[watermark]\nout_of_orderness = \"3h\"",
     )
-    .unwrap();
+    .replace("idle_exit = \"3s\"", "idle_exit = \"10s\"");
+    std::fs::write(&cfg_path, cfg).unwrap();
     let bin = env!("CARGO_BIN_EXE_tessera");
     let mut kills = 0;
     for wait_ms in [1_500u64, 2_500] {

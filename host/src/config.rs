@@ -677,7 +677,14 @@ impl Config {
         }
     }
 
-    /// Checks every setting, reporting all problems at once.
+    /// Every plugin with the config table it sits in.
+    fn plugins(&self) -> impl Iterator<Item = (&'static str, &PluginConfig)> {
+        std::iter::once(("[parser]", &self.parser))
+            .chain(self.parsers.iter().map(|p| ("[[parsers]]", p)))
+            .chain(self.features.iter().map(|f| ("[[features]]", f)))
+            .chain(self.late.iter().map(|l| ("[late]", l)))
+    }
+
     /// Which parser reads which topic, which feature gets which event types.
     fn validate_routes(&self, problems: &mut Vec<String>) {
         let source_topics: Option<&Vec<String>> = match &self.source {
@@ -706,32 +713,24 @@ impl Config {
                     ));
                 }
             }
-            if !p.event_types.is_empty() {
-                problems.push(format!(
-                    "[[parsers]] `{}`: `event_types` applies to [[features]] only",
-                    p.name
-                ));
-            }
         }
-        let others = std::iter::once(("parser", &self.parser))
-            .chain(self.features.iter().map(|f| ("features", f)))
-            .chain(self.late.iter().map(|l| ("late", l)));
-        for (section, plugin) in others {
-            if !plugin.topics.is_empty() {
+        for (table, plugin) in self.plugins() {
+            if table != "[[parsers]]" && !plugin.topics.is_empty() {
                 problems.push(format!(
-                    "[{section}] `{}`: `topics` applies to [[parsers]] only",
+                    "{table} `{}`: `topics` applies to [[parsers]] only",
                     plugin.name
                 ));
             }
-            if section != "features" && !plugin.event_types.is_empty() {
+            if table != "[[features]]" && !plugin.event_types.is_empty() {
                 problems.push(format!(
-                    "[{section}] `{}`: `event_types` applies to [[features]] only",
+                    "{table} `{}`: `event_types` applies to [[features]] only",
                     plugin.name
                 ));
             }
         }
     }
 
+    /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let p = &self.pipeline;
@@ -779,13 +778,9 @@ impl Config {
         }
         let mut names = std::collections::BTreeSet::new();
         self.validate_routes(&mut problems);
-        let plugins = std::iter::once(("parser", &self.parser))
-            .chain(self.parsers.iter().map(|p| ("parsers", p)))
-            .chain(self.features.iter().map(|f| ("features", f)))
-            .chain(self.late.iter().map(|l| ("late", l)));
-        for (section, plugin) in plugins {
+        for (table, plugin) in self.plugins() {
             if plugin.name.is_empty() {
-                problems.push(format!("[{section}] plugin name must not be empty"));
+                problems.push(format!("{table} plugin name must not be empty"));
             } else if !names.insert(plugin.name.clone()) {
                 problems.push(format!("plugin name `{}` is used twice", plugin.name));
             }

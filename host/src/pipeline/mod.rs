@@ -44,7 +44,7 @@ use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoredFeature, TileStore};
-use crate::telemetry::status::{Counters, StatusBoard, StatusReporter};
+use crate::telemetry::status::{StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
 /// Opens every configured output at the state its last checkpoint committed.
@@ -363,19 +363,9 @@ impl Pipeline {
     }
 
     fn publish_status(&mut self) {
-        let counters = Counters {
-            records_in: self.stats.records_in,
-            events_out: self.stats.events_out,
-            dead_lettered: self.stats.dead_lettered,
-            checkpoints: self.stats.checkpoints,
-            rollbacks: self.stats.rollbacks,
-        };
-        let status = self.reporter.report(
-            &self.status,
-            self.source.status(),
-            &self.watermarks,
-            counters,
-        );
+        let status = self
+            .reporter
+            .report(self.source.status(), &self.watermarks, &self.stats);
         self.status.publish(status);
     }
 

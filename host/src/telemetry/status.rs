@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::pipeline::RunStats;
 use crate::record::now_ms;
 
 /// A running pipeline that has not reported for this long is unhealthy.
@@ -115,12 +116,16 @@ impl StatusBoard {
         }
     }
 
-    /// Replaces the status (the pipeline thread).
+    /// Replaces the status (the pipeline thread); the pipeline and source
+    /// names stay the board's.
     pub fn publish(&self, mut status: PipelineStatus) {
         status.updated_at = now_ms();
         status.updated = Some(Instant::now());
         status.healthy = status.problems.is_empty();
-        *self.status.write().unwrap_or_else(|e| e.into_inner()) = status;
+        let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.pipeline = std::mem::take(&mut current.pipeline);
+        status.source = std::mem::take(&mut current.source);
+        *current = status;
     }
 
     /// Marks the run as ended (stopped, or failed with the reason).
@@ -171,38 +176,24 @@ pub struct StatusReporter {
 /// Records read per (topic, partition).
 type RecordsByPartition = BTreeMap<(String, i32), u64>;
 
-/// The pipeline-wide counters a report carries.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    pub records_in: u64,
-    pub events_out: u64,
-    pub dead_lettered: u64,
-    pub checkpoints: u64,
-    pub rollbacks: u64,
-}
-
 impl StatusReporter {
     /// Counts `n` records read from a partition.
     pub fn count(&mut self, topic: &str, partition: i32, n: u64) {
-        if let Some(c) = self.records.get_mut(&(topic.to_string(), partition)) {
-            *c += n;
-        } else {
-            self.records.insert((topic.to_string(), partition), n);
-        }
+        *self
+            .records
+            .entry((topic.to_string(), partition))
+            .or_insert(0) += n;
     }
 
-    /// A status from the source's view, the watermarks and the counters.
+    /// A status from the source's view, the watermarks and the run's
+    /// counters (names are filled in by [`StatusBoard::publish`]).
     pub fn report(
         &mut self,
-        base: &StatusBoard,
         source: SourceStatus,
         watermarks: &crate::window::Watermarks,
-        counters: Counters,
+        stats: &RunStats,
     ) -> PipelineStatus {
         let now = Instant::now();
-        let previous = base.status.read().unwrap_or_else(|e| e.into_inner());
-        let (pipeline, source_kind) = (previous.pipeline.clone(), previous.source.clone());
-        drop(previous);
         let marks = watermarks.snapshot();
         let mut keys: Vec<(String, i32)> = self.records.keys().cloned().collect();
         keys.extend(
@@ -254,17 +245,17 @@ impl StatusReporter {
             .collect::<Vec<_>>();
         self.last = Some((now, self.records.clone()));
         let status = PipelineStatus {
-            pipeline,
-            source: source_kind,
+            pipeline: String::new(),
+            source: String::new(),
             state: RunState::Running,
             healthy: source.problems.is_empty(),
             ready: source.ready,
             problems: source.problems,
-            records_in: counters.records_in,
-            events_out: counters.events_out,
-            dead_lettered: counters.dead_lettered,
-            checkpoints: counters.checkpoints,
-            rollbacks: counters.rollbacks,
+            records_in: stats.records_in,
+            events_out: stats.events_out,
+            dead_lettered: stats.dead_lettered,
+            checkpoints: stats.checkpoints,
+            rollbacks: stats.rollbacks,
             watermark: watermarks.last(),
             partitions,
             updated_at: now_ms(),
@@ -337,7 +328,7 @@ mod tests {
                 },
             ],
         };
-        let s = r.report(&board, source, &w, Counters::default());
+        let s = r.report(source, &w, &RunStats::default());
         board.publish(s);
         let s = board.read();
         assert!(s.healthy && s.ready);
@@ -367,11 +358,11 @@ mod tests {
             problems: vec!["all brokers down".into()],
             ..SourceStatus::default()
         };
-        board.publish(r.report(&board, source, &w, Counters::default()));
+        board.publish(r.report(source, &w, &RunStats::default()));
         let s = board.read();
         assert!(!s.healthy);
         assert_eq!(s.problems, vec!["all brokers down".to_string()]);
-        board.publish(r.report(&board, SourceStatus::default(), &w, Counters::default()));
+        board.publish(r.report(SourceStatus::default(), &w, &RunStats::default()));
         assert!(board.read().healthy);
         board.finish(Some("store failed".into()));
         let s = board.read();

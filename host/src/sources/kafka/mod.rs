@@ -231,10 +231,6 @@ pub struct KafkaSource {
     /// Records polled but not yet handed out, by partition (a few
     /// partitions per host: a list, searched without allocating).
     pending: Vec<((String, i32), RawBatchBuilder)>,
-    /// A pending builder reached the batch size.
-    full: bool,
-    /// The batch size last asked for.
-    batch_size: usize,
     poll_timeout: Duration,
     idle_exit: Option<Duration>,
     last_record: Instant,
@@ -285,8 +281,6 @@ impl KafkaSource {
             consumer,
             next: BTreeMap::new(),
             pending: Vec::new(),
-            full: false,
-            batch_size: usize::MAX,
             poll_timeout,
             idle_exit,
             last_record: Instant::now(),
@@ -299,7 +293,6 @@ impl KafkaSource {
     /// partition still assigned to its committed position.
     fn roll_back(&mut self) {
         self.pending.clear();
-        self.full = false;
         self.next.clear();
         let ctx = self.consumer.context();
         ctx.revoked.store(false, Ordering::Release);
@@ -323,7 +316,6 @@ impl KafkaSource {
     fn take_fullest(&mut self) -> Option<SourceBatch> {
         let i = (0..self.pending.len()).max_by_key(|i| self.pending[*i].1.len())?;
         let (key, builder) = self.pending.swap_remove(i);
-        self.full = self.pending.iter().any(|(_, b)| b.len() >= self.batch_size);
         let raw = builder.finish();
         if let Some(last) = raw.offsets.last() {
             self.next.insert(key, last + 1);
@@ -338,15 +330,11 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<SourceBatch>, SourceError> {
-        self.batch_size = max_records;
         let deadline = Instant::now() + self.poll_timeout;
         loop {
             if self.consumer.context().revoked.load(Ordering::Acquire) {
                 self.roll_back();
                 return Ok(Some(SourceBatch::rolled_back()));
-            }
-            if self.full {
-                return Ok(self.take_fullest());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -413,7 +401,10 @@ impl Source for KafkaSource {
                             b.header(h.key.as_bytes(), h.value.unwrap_or(&[]));
                         }
                     }
-                    self.full |= b.len() >= max_records;
+                    // Only the batch pushed to can have reached the size.
+                    if b.len() >= max_records {
+                        return Ok(self.take_fullest());
+                    }
                 }
             }
         }
@@ -485,15 +476,15 @@ impl Source for KafkaSource {
         }
         let partitions = assigned
             .iter()
-            .map(|(topic, p)| SourcePartition {
-                topic: topic.clone(),
-                partition: *p,
+            .map(|key| SourcePartition {
                 next_offset: self
                     .next
-                    .get(&(topic.clone(), *p))
+                    .get(key)
                     .copied()
-                    .or_else(|| ctx.committed(topic, *p)),
-                high_watermark: h.high.get(&(topic.clone(), *p)).copied(),
+                    .or_else(|| ctx.committed(&key.0, key.1)),
+                high_watermark: h.high.get(key).copied(),
+                topic: key.0.clone(),
+                partition: key.1,
             })
             .collect();
         SourceStatus {

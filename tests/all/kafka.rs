@@ -15,11 +15,23 @@ const PARTITIONS: i32 = 4;
 /// The test pipeline config over `topic` of the shared broker instead of a
 /// file, ending 3 s after the last record.
 fn kafka_config(dir: &Path, topic: &str, pipeline_extra: &str, extra: &str) -> String {
-    let source = format!(
-        "idle_exit = \"3s\"\nproperties = {{ \"bootstrap.servers\" = \"{}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
-        support::kafka_bootstrap()
-    );
+    let source = group_source(support::kafka_bootstrap(), Some("3s"), "");
     kafka_config_with(dir, topic, &source, pipeline_extra, extra)
+}
+
+/// The `[source]` keys after the topic and group: the run ends `idle_exit`
+/// after the last record (never when `None`); the group's session times out
+/// after 6 s; `more_properties` are more librdkafka properties (`"k" = "v", ...`).
+fn group_source(bootstrap: &str, idle_exit: Option<&str>, more_properties: &str) -> String {
+    let idle = idle_exit.map_or(String::new(), |d| format!("idle_exit = \"{d}\"\n"));
+    let more = if more_properties.is_empty() {
+        String::new()
+    } else {
+        format!(", {more_properties}")
+    };
+    format!(
+        "{idle}properties = {{ \"bootstrap.servers\" = \"{bootstrap}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\"{more} }}\n"
+    )
 }
 
 /// The test pipeline config over `topic`, with `source` (more keys of the
@@ -123,13 +135,13 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
     // The killed hosts stay in the group until their session times out
     // (6 s) and hold partitions until then: the last run must not end idle
     // (after 3 s) before it has been given them.
-    let cfg = kafka_config(
+    let cfg = kafka_config_with(
         dir.path(),
         topic,
+        &group_source(support::kafka_bootstrap(), Some("10s"), ""),
         "checkpoint_events = 4000\ncheckpoint_interval = \"50ms\"",
         "[watermark]\nout_of_orderness = \"3h\"",
-    )
-    .replace("idle_exit = \"3s\"", "idle_exit = \"10s\"");
+    );
     std::fs::write(&cfg_path, cfg).unwrap();
     let bin = env!("CARGO_BIN_EXE_tessera");
     let mut kills = 0;
@@ -275,8 +287,10 @@ fn broker_down_at_start_and_killed_mid_run_loses_nothing() {
     let bootstrap = broker.bootstrap();
     let api = format!("127.0.0.1:{}", support::free_port());
     let topic = "events-broker-down";
-    let source = format!(
-        "properties = {{ \"bootstrap.servers\" = \"{bootstrap}\", \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"topic.metadata.refresh.interval.ms\" = \"1000\", \"reconnect.backoff.max.ms\" = \"1000\" }}\n"
+    let source = group_source(
+        &bootstrap,
+        None,
+        "\"topic.metadata.refresh.interval.ms\" = \"1000\", \"reconnect.backoff.max.ms\" = \"1000\"",
     );
     let cfg_path = dir.path().join("tessera.toml");
     let extra = format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\"\n");

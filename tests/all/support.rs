@@ -486,12 +486,18 @@ impl KafkaBroker {
         }
     }
 
+    /// SIGKILLs the broker if it runs.
+    fn sigkill(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    }
+
     /// SIGKILLs the broker and waits until its port is closed.
     pub fn kill(&mut self) {
-        let pid = std::fs::read_to_string(self.pid_file()).unwrap();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status();
+        self.sigkill();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -500,11 +506,7 @@ impl KafkaBroker {
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", pid.trim()])
-                .status();
-        }
+        self.sigkill();
     }
 }
 

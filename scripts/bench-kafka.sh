@@ -16,13 +16,16 @@ RUNS=${2:-3}
 ./scripts/build-plugins.sh --quiet
 cargo build --release --quiet -p tessera --bin tessera --example kafka-produce --example kafka-consume
 TARGET=${CARGO_TARGET_DIR:-target}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# records/s from a run summary (JSON): records over first-to-last-record time.
+rate_of() { python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["records_in"]/s["reading"])' "$1"; }
 TESSERA=$TARGET/release/tessera
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
+cport=$(free_port)
 tests/servers/kafka.sh "$work/broker" "$port" "$cport" > "$work/broker.log" 2>&1 &
 broker=$!
-trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null || true; rm -rf "$work"' EXIT
 until grep -q "Kafka Server started" "$work/broker.log"; do sleep 0.5; done
 python3 examples/gen_events.py "$N" > "$work/events.ndjson"
 "$TARGET/release/examples/kafka-produce" "127.0.0.1:$port" events 4 "$work/events.ndjson"
@@ -51,7 +54,7 @@ for i in $(seq "$RUNS"); do
   for variant in file kafka consume-only; do
     if [ "$variant" = consume-only ]; then
       stats=$("$TARGET/release/examples/kafka-consume" "127.0.0.1:$port" events "$N" "${FETCH[@]}")
-      rate=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["records_in"]/s["reading"])' "$stats")
+      rate=$(rate_of "$stats")
       echo "run $i $variant: $(printf '%.0f' "$rate") records/s"
       rates[$variant]="${rates[$variant]:-} $rate"
       continue
@@ -67,7 +70,7 @@ for i in $(seq "$RUNS"); do
     cpu=$(awk '{print $1 + $2}' "$work/$variant.time")
     # From the first record to the last: joining the group and the idle
     # wait at the end are not throughput.
-    rate=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["records_in"]/s["reading"])' "$stats")
+    rate=$(rate_of "$stats")
     per_cpu=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["records_in"] / float(sys.argv[2]))' "$stats" "$cpu")
     echo "run $i $variant: $(printf '%.0f' "$rate") records/s, $(printf '%.0f' "$per_cpu") records per host CPU-second ($cpu s)"
     rates[$variant]="${rates[$variant]:-} $rate"
@@ -91,7 +94,7 @@ PY
 # rate, for LAG_SECONDS (default 20) each. The host runs with --serve; every
 # second its /v1/status gives the summed consumer lag and /proc its RSS.
 LAG_SECONDS=${LAG_SECONDS:-20}
-api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+api_port=$(free_port)
 for run in half:0.5 double:2; do
   label=${run%:*} frac=${run#*:}
   rate=$(python3 -c "print(int($kafka_median * $frac))")

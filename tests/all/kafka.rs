@@ -54,6 +54,20 @@ fn kafka_config_with(
     )
 }
 
+/// `tessera run --serve --json` over the config at `path`, killed if the
+/// test fails.
+fn serving_host(path: &Path) -> support::KillOnDrop {
+    support::KillOnDrop(Some(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "--serve", "--json", "--config"])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
 /// A message to produce: (partition, key, payload).
 type Msg = (i32, String, Vec<u8>);
 
@@ -333,15 +347,7 @@ fn broker_down_at_start_and_killed_mid_run_loses_nothing() {
     };
     let health = || support::http_get(&api, "/healthz");
 
-    let host = support::KillOnDrop(Some(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["run", "--serve", "--json", "--config"])
-            .arg(&cfg_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let host = serving_host(&cfg_path);
     // 1. No broker yet: unhealthy, and the reason names Kafka.
     support::wait_until(
         Duration::from_secs(60),
@@ -515,4 +521,88 @@ out_of_orderness = "3h"
         shares > 0 && shares < all.len() / 2,
         "the filter is not trivial"
     );
+}
+
+/// The CQL store (a Cassandra node of this test's own) is down when the
+/// host starts and is SIGKILLed mid-run: the host waits for it with
+/// back-off, says `503` with the store's failure on `/healthz` while its
+/// checkpoints cannot commit, and once the node is back commits what it
+/// held; the tiles count every event exactly once.
+#[test]
+fn cql_store_down_at_start_and_killed_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = crate::servers::CassandraNode::new(&dir.path().join("cassandra"));
+    let server = crate::servers::CqlServer {
+        name: "outage",
+        contact_point: node.contact_point(),
+        username: Some("cassandra".into()),
+        password: Some("cassandra".into()),
+    };
+    let api = format!("127.0.0.1:{}", support::free_port());
+    let topic = "events-store-down";
+    support::kafka_topic(topic, PARTITIONS);
+    let source = group_source(support::kafka_bootstrap(), None, "");
+    let extra = format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\"\n");
+    let cfg = kafka_config_with(
+        dir.path(),
+        topic,
+        &source,
+        "checkpoint_interval = \"200ms\"",
+        &extra,
+    )
+    .replace(
+        &support::embedded_store(dir.path()),
+        &server.store_section("outage"),
+    );
+    let cfg_path = dir.path().join("tessera.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let events = support::events(71, 30_000, 3 * 3_600_000, 1_000, None);
+    let (msgs, _) = messages(&events, None);
+    let (first, second) = msgs.split_at(msgs.len() / 2);
+    let records_in = || -> u64 {
+        support::http_get(&api, "/v1/status")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["records_in"].as_u64())
+            .unwrap_or(0)
+    };
+    let health = || support::http_get(&api, "/healthz");
+
+    let host = serving_host(&cfg_path);
+    // 1. No store yet: the host keeps trying to connect.
+    std::thread::sleep(Duration::from_secs(3));
+    node.start();
+    support::kafka_produce(topic, first);
+    support::wait_until(
+        Duration::from_secs(180),
+        "the host to read the first half",
+        || records_in() >= first.len() as u64,
+    );
+    assert_eq!(health().map(|r| r.0), Some(200));
+
+    // 2. The store dies mid-run: checkpoints cannot commit, /healthz says why.
+    node.kill();
+    support::kafka_produce(topic, second);
+    support::wait_until(
+        Duration::from_secs(90),
+        "/healthz to report the store",
+        || health().is_some_and(|(code, body)| code == 503 && body.contains("store")),
+    );
+    node.start();
+    support::wait_until(
+        Duration::from_secs(180),
+        "the host to read everything",
+        || records_in() >= msgs.len() as u64,
+    );
+    support::wait_until(Duration::from_secs(60), "/healthz to recover", || {
+        health().is_some_and(|(code, _)| code == 200)
+    });
+
+    // 3. Stop cleanly and check every event was counted once.
+    let out = host.interrupt_and_wait();
+    assert!(out.status.success(), "the host stopped cleanly");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stats["store_retries"].as_u64() > Some(0), "{stats}");
+    let cfg = tessera::Config::load(&cfg_path).unwrap();
+    let store = tessera::stores::open(&cfg.store).unwrap();
+    crate::windows::check_windows(store.as_ref(), &events, 73, 300);
 }

@@ -167,6 +167,17 @@ pub fn oracle(events: &[Event], feature: &str, entity: &str, start: i64, end: i6
 /// counter, stores under `dir`; `pipeline_extra` goes into `[pipeline]`,
 /// `extra` at the end (more sections).
 pub fn config(dir: &Path, input: &Path, pipeline_extra: &str, extra: &str) -> String {
+    config_with_store(dir, input, pipeline_extra, extra, &embedded_store(dir))
+}
+
+/// [`config`] with another `[store]` table.
+pub fn config_with_store(
+    dir: &Path,
+    input: &Path,
+    pipeline_extra: &str,
+    extra: &str,
+    store: &str,
+) -> String {
     format!(
         r#"
 [pipeline]
@@ -188,10 +199,11 @@ name = "windowed-counter"
 path = "{counter}"
 config = {features}
 
-{stores}
+{store}
+{sinks}
 {extra}
 "#,
-        stores = store_sections(dir),
+        sinks = sink_sections(dir),
         extra_pipeline = pipeline_extra,
         input = input.display(),
         parser = plugin("json_parser").display(),
@@ -202,8 +214,21 @@ config = {features}
 
 /// The `[store]`, `[dead_letter]` and `[side_output]` sections, all under `dir`.
 pub fn store_sections(dir: &Path) -> String {
+    format!("{}\n{}", embedded_store(dir), sink_sections(dir))
+}
+
+/// An embedded `[store]` in `dir`.
+pub fn embedded_store(dir: &Path) -> String {
     format!(
-        "[store]\ntype = \"embedded\"\npath = \"{dir}/tiles.redb\"\n\n[dead_letter]\npath = \"{dir}/dead-letter.ndjson\"\n\n[side_output]\npath = \"{dir}/side-output.ndjson\"\n",
+        "[store]\ntype = \"embedded\"\npath = \"{}/tiles.redb\"\n",
+        dir.display()
+    )
+}
+
+/// The `[dead_letter]` and `[side_output]` sections, under `dir`.
+pub fn sink_sections(dir: &Path) -> String {
+    format!(
+        "[dead_letter]\npath = \"{dir}/dead-letter.ndjson\"\n\n[side_output]\npath = \"{dir}/side-output.ndjson\"\n",
         dir = dir.display()
     )
 }
@@ -414,117 +439,7 @@ pub fn smb_check(dir: &Path, codec: &str) -> Vec<serde_json::Value> {
     std::mem::take(v["records"].as_array_mut().unwrap())
 }
 
-/// An Apache Kafka broker (KRaft, one process) run by
-/// `tests/servers/kafka.sh` (jars from Maven Central, cached in
-/// `~/.cache/tessera`) in `dir`, on fixed loopback ports so that it can be
-/// killed and started again over the same data. A watchdog shell stops it
-/// when the test process exits, however it exits.
-pub struct KafkaBroker {
-    dir: PathBuf,
-    port: u16,
-    cport: u16,
-    starts: u32,
-}
-
-impl KafkaBroker {
-    /// A broker on free ports, not started yet.
-    pub fn new(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        KafkaBroker {
-            dir: dir.to_path_buf(),
-            port: free_port(),
-            cport: free_port(),
-            starts: 0,
-        }
-    }
-
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.dir.join("broker.pid")
-    }
-
-    /// Starts the broker (over the data of an earlier start, if any) and
-    /// waits until it serves. The first run on a machine downloads the jars.
-    pub fn start(&mut self) {
-        self.starts += 1;
-        let log = self.dir.join(format!("broker-{}.log", self.starts));
-        let data = self.dir.join("broker");
-        let script = format!(
-            "'{}' '{}' {} {} >'{}' 2>&1 & k=$!; echo $k >'{}'; while kill -0 {} 2>/dev/null && kill -0 $k 2>/dev/null; do sleep 0.5; done; kill $k 2>/dev/null; wait $k; kill -0 {} 2>/dev/null || rm -rf '{}'",
-            workspace_root().join("tests/servers/kafka.sh").display(),
-            data.display(),
-            self.port,
-            self.cport,
-            log.display(),
-            self.pid_file().display(),
-            std::process::id(),
-            std::process::id(),
-            data.display(),
-        );
-        let _ = std::fs::remove_file(self.pid_file());
-        #[allow(clippy::zombie_processes)]
-        std::process::Command::new("bash")
-            .args(["-c", &script])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting the Kafka broker");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Kafka Server started") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the Kafka broker did not start; its log:\n{text}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILLs the broker if it runs.
-    fn sigkill(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", pid.trim()])
-                .status();
-        }
-    }
-
-    /// SIGKILLs the broker and waits until its port is closed.
-    pub fn kill(&mut self) {
-        self.sigkill();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for KafkaBroker {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-/// The broker shared by the whole test run, started on first use; its
-/// `bootstrap.servers`.
-pub fn kafka_bootstrap() -> &'static str {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tessera-kafka-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut broker = KafkaBroker::new(&dir);
-        broker.start();
-        let addr = broker.bootstrap();
-        // Runs until the test process exits (the watchdog stops it).
-        std::mem::forget(broker);
-        addr
-    })
-}
+pub use crate::servers::{kafka_bootstrap, KafkaBroker};
 
 /// Creates `topic` with `partitions` partitions on the test broker.
 pub fn kafka_topic(topic: &str, partitions: i32) {

@@ -10,13 +10,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$1 port=$2 cport=$3
-version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
-lib=${HOME:-/root}/.cache/tessera/kafka-$version/lib
-if [ ! -f "$lib/.complete" ]; then
-  mkdir -p "$lib"
-  mvn -q -f "$here/kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$lib" >&2
-  touch "$lib/.complete"
-fi
+lib=$("$here/jars.sh" kafka)
 mkdir -p "$dir/data" "$dir/logs"
 cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
@@ -54,11 +48,18 @@ logger.server.name = kafka.server.BrokerServer
 logger.server.level = info
 LOG
 # A restart over the same DIR keeps its cluster id (and data).
+# The id is 16 random bytes in URL-safe base64; like Kafka's own
+# Uuid.randomUuid it never starts with '-', which the tool would take for an
+# option (1 start in 64 failed that way).
 if [ ! -f "$dir/cluster.id" ]; then
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' > "$dir/cluster.id"
+  id=-
+  while [ "${id:0:1}" = - ]; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
+  echo "$id" > "$dir/cluster.id"
 fi
 cluster_id=$(cat "$dir/cluster.id")
 java_cmd=(java -Xms384m -Xmx384m -XX:+UseSerialGC -Dlog4j2.configurationFile="$dir/log4j2.properties"
   -Dkafka.logs.dir="$dir/logs" -cp "$lib/*")
-"${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" --ignore-formatted >/dev/null
+"${java_cmd[@]}" kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$dir/server.properties" --ignore-formatted >/dev/null
 exec "${java_cmd[@]}" kafka.Kafka "$dir/server.properties"

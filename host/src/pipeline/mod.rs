@@ -141,6 +141,8 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     status: Arc<StatusBoard>,
     reporter: StatusReporter,
+    /// Why the last commit failed, while the store is being retried.
+    store_problem: Option<String>,
 }
 
 /// Where a dead-lettered record came from, and its bytes.
@@ -273,6 +275,7 @@ impl Pipeline {
         Ok(Pipeline {
             status,
             reporter: StatusReporter::default(),
+            store_problem: None,
             dead_letter,
             side_output,
             outputs,
@@ -363,9 +366,10 @@ impl Pipeline {
     }
 
     fn publish_status(&mut self) {
-        let status = self
+        let mut status = self
             .reporter
             .report(self.source.status(), &self.watermarks, &self.stats);
+        status.problems.extend(self.store_problem.clone());
         self.status.publish(status);
     }
 
@@ -415,11 +419,38 @@ impl Pipeline {
             deltas,
             positions,
         };
-        self.store.commit(&checkpoint)?;
+        self.commit_retrying(&checkpoint)?;
         self.source.committed();
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
         self.publish_outputs()
+    }
+
+    /// Commits, retrying with back-off (up to 5 s apart) while the store is
+    /// unreachable or slow, with the failure on the status page; the
+    /// records stay uncommitted meanwhile, so a stop or crash loses nothing.
+    fn commit_retrying(&mut self, checkpoint: &Checkpoint) -> Result<(), PipelineError> {
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match self.store.commit(checkpoint) {
+                Ok(()) => {
+                    if self.store_problem.take().is_some() {
+                        tracing::info!("the store is back; checkpoint committed");
+                        self.publish_status();
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && !self.stop.load(Ordering::Relaxed) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "checkpoint not committed; retrying");
+                    self.store_problem = Some(format!("store: {e}"));
+                    self.stats.store_retries += 1;
+                    self.publish_status();
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Drops everything since the last checkpoint (the source has gone back

@@ -28,6 +28,8 @@ pub struct RunStats {
     pub checkpoints: u64,
     /// Times the pipeline went back to its last checkpoint (rebalances).
     pub rollbacks: u64,
+    /// Commits retried because the store was unreachable or slow.
+    pub store_retries: u64,
     #[serde(with = "secs")]
     pub elapsed: Duration,
     /// From the first record read to the last: `elapsed` without waiting

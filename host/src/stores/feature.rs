@@ -34,6 +34,14 @@ impl StoredFeature {
         }
     }
 
+    /// A definition as stores keep it (JSON).
+    pub fn from_json(json: &str) -> Result<Self, super::StoreError> {
+        serde_json::from_str(json).map_err(|e| super::StoreError::Corrupt {
+            what: "feature",
+            message: e.to_string(),
+        })
+    }
+
     pub fn aggregation(&self) -> Aggregation {
         match self.aggregation.as_str() {
             "sum" => Aggregation::Sum,

@@ -6,14 +6,17 @@
 //! committed record: nothing lost, nothing counted twice. Stores merge a
 //! delta into the stored tile (read, merge, write) inside that commit.
 //!
-//! `embedded` is a single redb file, the default for laptops and tests; the
-//! ScyllaDB store comes next behind the same trait.
+//! `embedded` is a single redb file, the default for laptops and tests;
+//! `scylla` is a ScyllaDB (or any CQL) cluster shared by several hosts,
+//! where the atomic commit is a checkpoint log with idempotent tile writes.
 
 mod embedded;
 mod feature;
+mod scylla;
 
 pub use embedded::EmbeddedStore;
 pub use feature::StoredFeature;
+pub use scylla::ScyllaStore;
 
 use crate::window::{TileAgg, TileDeltas};
 
@@ -28,12 +31,24 @@ pub enum StoreError {
     Corrupt { what: &'static str, message: String },
     #[error("invalid checkpoint (nothing was written): {0}")]
     InvalidCheckpoint(String),
+    #[error("CQL store, {op}: {message}")]
+    Cql { op: &'static str, message: String },
+    #[error("another host committed `{key}` of writer `{writer}` since this one last read it (two hosts run one pipeline's input): nothing was written; re-read from the committed positions")]
+    Fenced { writer: String, key: String },
     #[error("feature `{name}` is already registered with a different definition: stored {stored}, new {new}")]
     FeatureConflict {
         name: String,
         stored: String,
         new: String,
     },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed (the store was
+    /// unreachable or slow), as opposed to a refusal that will repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Cql { .. })
+    }
 }
 
 impl From<redb::Error> for StoreError {
@@ -86,5 +101,6 @@ pub fn open(cfg: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn TileS
         crate::config::StoreConfig::Embedded { path } => {
             Ok(std::sync::Arc::new(EmbeddedStore::open(path)?))
         }
+        crate::config::StoreConfig::Scylla(c) => Ok(std::sync::Arc::new(ScyllaStore::open(c)?)),
     }
 }

@@ -110,13 +110,6 @@ impl EmbeddedStore {
     }
 }
 
-fn decode_feature(json: &str) -> Result<StoredFeature, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        what: "feature",
-        message: e.to_string(),
-    })
-}
-
 fn write_run(
     run_table: &mut redb::Table<u64, u64>,
     blocks: &mut redb::Table<&[u8], &[u8]>,
@@ -166,7 +159,7 @@ impl TileStore for EmbeddedStore {
             let mut existing = std::collections::HashMap::new();
             for row in table.iter().map_err(store_err)? {
                 let (k, v) = row.map_err(store_err)?;
-                let f = decode_feature(v.value())?;
+                let f = StoredFeature::from_json(v.value())?;
                 next_id = next_id.max(f.id + 1);
                 existing.insert(k.value().to_string(), f);
             }
@@ -207,7 +200,7 @@ impl TileStore for EmbeddedStore {
         let mut out = Vec::new();
         for row in table.iter().map_err(store_err)? {
             let (_, v) = row.map_err(store_err)?;
-            out.push(decode_feature(v.value())?);
+            out.push(StoredFeature::from_json(v.value())?);
         }
         Ok(out)
     }
@@ -216,7 +209,7 @@ impl TileStore for EmbeddedStore {
         let tx = self.db.begin_read().map_err(store_err)?;
         let table = tx.open_table(FEATURES).map_err(store_err)?;
         let row = table.get(name).map_err(store_err)?;
-        row.map(|v| decode_feature(v.value())).transpose()
+        row.map(|v| StoredFeature::from_json(v.value())).transpose()
     }
 
     fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {

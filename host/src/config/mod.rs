@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+mod store;
+
+pub use store::{Consistency, ScyllaConfig, ScyllaRole, StoreConfig, TileCacheConfig};
+
 /// The whole host configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -495,28 +499,6 @@ impl Default for WatermarkConfig {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// One redb file on local disk.
-    Embedded {
-        #[serde(default = "default_store_path")]
-        path: PathBuf,
-    },
-}
-
-fn default_store_path() -> PathBuf {
-    PathBuf::from(".tessera/tiles.redb")
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig::Embedded {
-            path: default_store_path(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// NDJSON file that rejected records are appended to.
@@ -648,7 +630,7 @@ impl Config {
             SourceConfig::Kafka { .. } => {}
         }
         fix(&mut self.parser.path);
-        for f in &mut self.features {
+        for f in self.parsers.iter_mut().chain(&mut self.features) {
             fix(&mut f.path);
         }
         if let Some(l) = &mut self.late {
@@ -656,6 +638,7 @@ impl Config {
         }
         match &mut self.store {
             StoreConfig::Embedded { path } => fix(path),
+            StoreConfig::Scylla(s) => s.resolve_paths(&fix),
         }
         fix(&mut self.dead_letter.path);
         fix(&mut self.side_output.path);
@@ -733,6 +716,7 @@ impl Config {
     /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        self.store.validate(&mut problems);
         let p = &self.pipeline;
         if !valid_name(&p.name) {
             problems.push(format!(

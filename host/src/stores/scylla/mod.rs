@@ -1,0 +1,898 @@
+//! The ScyllaDB tile store (any CQL server: Apache Cassandra in the tests),
+//! behind the same [`TileStore`] trait as the embedded store.
+//!
+//! A CQL cluster has no multi-partition transactions, so a checkpoint is
+//! made atomic by a *redo log* and kept exactly-once by making every write
+//! idempotent by construction (the protocol, in full, is in
+//! `docs/ARCHITECTURE.md`):
+//!
+//! 1. the checkpoint's tile deltas go into `checkpoint_chunks` under a
+//!    random attempt id, then its header (positions, chunk count, a write
+//!    timestamp) into `checkpoints` with `IF NOT EXISTS` on
+//!    (writer, seq): that LWT is the commit point, and only one writer wins
+//!    a sequence number;
+//! 2. the entry is *applied*: each tile's partial of this writer becomes
+//!    its old value merged with the delta, written as an absolute value with
+//!    `applied_seq = seq` and `USING TIMESTAMP` the entry's timestamp; a tile
+//!    whose `applied_seq` is already `>= seq` is skipped; then the positions,
+//!    then the header is marked applied and the chunks dropped.
+//!
+//! Applying an entry twice, or two hosts applying it at once, writes the
+//! same values with the same timestamps, and a stale write loses to a newer
+//! one by timestamp whatever order they land in; so a crash anywhere only
+//! means the next commit or read of that writer applies the entry again.
+//!
+//! The job keeps the tiles it writes in a bounded read-through cache
+//! (moka; size and TTL from config): a merge reads the cache and, on a miss,
+//! the store, which holds the truth. The job and the serving API use two
+//! sessions, each with its own pools, execution profile and credentials;
+//! on ScyllaDB each role can be attached to a service level.
+
+mod log;
+mod schema;
+mod session;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{Checkpoint, StoreError, StoredFeature, TileStore};
+use crate::config::ScyllaConfig;
+use crate::window::TileAgg;
+use log::LoggedTile;
+
+/// Tiles merged and written concurrently (one partition per task).
+const APPLY_CONCURRENCY: usize = 64;
+/// Rows of one partition per unlogged batch.
+const BATCH_ROWS: usize = 32;
+/// Headers kept in the log behind the newest (older ones are pruned).
+const LOG_KEPT: i64 = 64;
+/// The longest TTL CQL accepts (20 years).
+const MAX_TTL_SECS: u64 = 630_720_000;
+
+/// A CQL failure: the cluster is unreachable, timed out, or refused.
+pub(crate) fn cql_err(op: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Cql {
+        op,
+        message: e.to_string(),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn random_i64() -> i64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_micros());
+    h.write_u32(std::process::id());
+    h.finish() as i64
+}
+
+/// One header of the checkpoint log.
+#[derive(Clone, Debug)]
+struct Header {
+    seq: i64,
+    attempt: i64,
+    chunks: i32,
+    ts: i64,
+    positions: Vec<u8>,
+    applied: bool,
+}
+
+type HeaderRow = (i64, i64, i32, i64, Vec<u8>, Option<bool>);
+
+impl From<HeaderRow> for Header {
+    fn from((seq, attempt, chunks, ts, positions, applied): HeaderRow) -> Self {
+        Header {
+            seq,
+            attempt,
+            chunks,
+            ts,
+            positions,
+            applied: applied.unwrap_or(false),
+        }
+    }
+}
+
+/// A tile of one writer, as the cache keys it.
+type TileKey = (u32, Arc<[u8]>, i64, i64);
+
+/// What this process knows of one writer's log.
+struct Writer {
+    name: String,
+    /// Whether the log tail has been read since the store opened.
+    initialized: bool,
+    next_seq: i64,
+    last_ts: i64,
+    /// (seq, attempt) of headers this process tried to write for the
+    /// checkpoint being committed (a timed-out LWT may still have landed).
+    attempts: Vec<(i64, i64)>,
+    /// Digest of that checkpoint, so a retry of the same one is recognised.
+    attempt_digest: Option<u64>,
+    /// This writer's partials, with the entry that last changed each.
+    cache: moka::sync::Cache<TileKey, (TileAgg, i64)>,
+}
+
+struct Statements {
+    read_tile: PreparedStatement,
+    write_tile: PreparedStatement,
+    insert_chunk: PreparedStatement,
+    read_chunks: PreparedStatement,
+    delete_chunks: PreparedStatement,
+    delete_attempt: PreparedStatement,
+    insert_header: PreparedStatement,
+    log_tail: PreparedStatement,
+    log_newest: PreparedStatement,
+    read_header: PreparedStatement,
+    mark_applied: PreparedStatement,
+    prune_log: PreparedStatement,
+    write_position: PreparedStatement,
+    read_position: PreparedStatement,
+    job_feature: PreparedStatement,
+    job_features: PreparedStatement,
+    insert_feature: PreparedStatement,
+    update_feature: PreparedStatement,
+    feature_ids: PreparedStatement,
+    claim_feature_id: PreparedStatement,
+    // Serving session.
+    read_range: PreparedStatement,
+    serving_feature: PreparedStatement,
+    serving_features: PreparedStatement,
+}
+
+pub struct ScyllaStore {
+    /// Runs the driver; `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+    job: Session,
+    serving: Session,
+    st: Statements,
+    writers: Mutex<HashMap<String, Arc<Mutex<Writer>>>>,
+    /// TTL in seconds per feature id (0: none), from its retention.
+    ttls: RwLock<HashMap<u32, i32>>,
+    cache_cfg: crate::config::TileCacheConfig,
+    /// "ScyllaDB" or "Apache Cassandra" (or another CQL server).
+    flavor: String,
+}
+
+impl Drop for ScyllaStore {
+    fn drop(&mut self) {
+        // Dropping a runtime may not block inside another runtime (the
+        // serving API may hold the last reference).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl ScyllaStore {
+    /// Connects both sessions (retrying with back-off for
+    /// `connect_retry`), creates the keyspace and tables and prepares the
+    /// statements.
+    pub fn open(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tessera-cql")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: cfg.contact_points.join(","),
+                message: format!("cannot start the driver's runtime: {e}"),
+            })?;
+        let (job, serving, flavor) = rt.block_on(session::connect_both(cfg))?;
+        let st = rt.block_on(prepare(&job, &serving, &cfg.keyspace))?;
+        Ok(ScyllaStore {
+            rt: Some(rt),
+            job,
+            serving,
+            st,
+            writers: Mutex::new(HashMap::new()),
+            ttls: RwLock::new(HashMap::new()),
+            cache_cfg: cfg.cache.clone(),
+            flavor,
+        })
+    }
+
+    /// Commits a checkpoint to the log without applying it: what a host
+    /// that crashed right after the commit point leaves behind (for tests).
+    #[doc(hidden)]
+    pub fn commit_log_only(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let writer = self.writer(&checkpoint.pipeline);
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.block_on(self.commit_async(&mut w, checkpoint, false))
+    }
+
+    /// Which CQL server this is, as detected at connect.
+    pub fn flavor(&self) -> &str {
+        &self.flavor
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt
+            .as_ref()
+            .expect("runtime lives until drop")
+            .block_on(f)
+    }
+
+    fn writer(&self, name: &str) -> Arc<Mutex<Writer>> {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        writers
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Writer {
+                    name: name.to_string(),
+                    initialized: false,
+                    next_seq: 1,
+                    last_ts: 0,
+                    attempts: Vec::new(),
+                    attempt_digest: None,
+                    cache: moka::sync::Cache::builder()
+                        .max_capacity(self.cache_cfg.max_tiles)
+                        .time_to_idle(self.cache_cfg.ttl)
+                        .build(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Entries of `w`'s log this process has not seen, oldest first; every
+    /// one not yet applied is applied (by whoever wrote it, it is
+    /// complete). On the first call, the newest entries are read and
+    /// nothing counts as unseen.
+    async fn catch_up(&self, w: &mut Writer) -> Result<Vec<Header>, StoreError> {
+        const OP: &str = "reading the checkpoint log";
+        let rows: Vec<HeaderRow> = if w.initialized {
+            rows(&self.job, &self.st.log_tail, (&w.name, w.next_seq), OP).await?
+        } else {
+            rows(&self.job, &self.st.log_newest, (&w.name,), OP).await?
+        };
+        let mut headers: Vec<Header> = rows.into_iter().map(Header::from).collect();
+        headers.sort_by_key(|h| h.seq);
+        for h in &headers {
+            if !h.applied {
+                self.apply(w, h, None).await?;
+            } else if w.initialized && !w.attempts.contains(&(h.seq, h.attempt)) {
+                // Another process changed tiles of this writer.
+                w.cache.invalidate_all();
+            }
+            w.next_seq = w.next_seq.max(h.seq + 1);
+            w.last_ts = w.last_ts.max(h.ts);
+        }
+        if !w.initialized {
+            w.initialized = true;
+            return Ok(Vec::new());
+        }
+        Ok(headers)
+    }
+
+    /// Applies one log entry (see the module doc); `tiles` when the caller
+    /// has them, else they are read from the chunks.
+    async fn apply(
+        &self,
+        w: &Writer,
+        h: &Header,
+        tiles: Option<Vec<LoggedTile>>,
+    ) -> Result<(), StoreError> {
+        let tiles = match tiles {
+            Some(t) => t,
+            None => match self.read_entry(&w.name, h).await? {
+                Some(t) => t,
+                None => return Ok(()), // applied (and cleaned up) by another process meanwhile
+            },
+        };
+        let mut groups: Vec<&[LoggedTile]> = Vec::new();
+        let mut from = 0;
+        for i in 1..=tiles.len() {
+            let boundary = i == tiles.len()
+                || tiles[i].feature_id != tiles[from].feature_id
+                || tiles[i].entity != tiles[from].entity
+                || i - from == BATCH_ROWS;
+            if boundary {
+                groups.push(&tiles[from..i]);
+                from = i;
+            }
+        }
+        futures::stream::iter(groups)
+            .map(|g| self.apply_partition(w, h, g))
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        let positions = log::decode_positions(&h.positions)?;
+        if !positions.is_empty() {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(positions.len());
+            for (key, value) in &positions {
+                batch.append_statement(self.st.write_position.clone());
+                values.push((&w.name, key, value, h.ts));
+            }
+            batch.set_is_idempotent(true);
+            self.job
+                .batch(&batch, values)
+                .await
+                .map_err(|e| cql_err("writing positions", e))?;
+        }
+        self.job
+            .execute_unpaged(&self.st.mark_applied, (&w.name, h.seq))
+            .await
+            .map_err(|e| cql_err("marking a checkpoint applied", e))?;
+        self.job
+            .execute_unpaged(&self.st.delete_chunks, (&w.name, h.seq))
+            .await
+            .map_err(|e| cql_err("dropping applied chunks", e))?;
+        if h.seq % LOG_KEPT == 0 {
+            self.job
+                .execute_unpaged(&self.st.prune_log, (&w.name, h.seq - LOG_KEPT))
+                .await
+                .map_err(|e| cql_err("pruning the checkpoint log", e))?;
+        }
+        Ok(())
+    }
+
+    /// Merges the deltas of one partition into this writer's partials.
+    async fn apply_partition(
+        &self,
+        w: &Writer,
+        h: &Header,
+        tiles: &[LoggedTile],
+    ) -> Result<(), StoreError> {
+        let entity: Arc<[u8]> = Arc::from(tiles[0].entity.as_slice());
+        let keys: Vec<TileKey> = tiles
+            .iter()
+            .map(|t| (t.feature_id, entity.clone(), t.size_ms, t.start))
+            .collect();
+        let bases = futures::future::try_join_all(keys.iter().map(|k| self.base(w, k))).await?;
+        let ttl = self.ttl(tiles[0].feature_id).await?;
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::new();
+        let mut written = Vec::new();
+        for ((t, key), (base, applied_seq)) in tiles.iter().zip(keys).zip(bases) {
+            if applied_seq >= h.seq {
+                continue; // this entry (or a later one) is already in the tile
+            }
+            let mut v = base;
+            v.merge(&t.agg);
+            batch.append_statement(self.st.write_tile.clone());
+            values.push((
+                t.feature_id as i32,
+                &t.entity,
+                t.size_ms,
+                t.start,
+                &w.name,
+                v.count as i64,
+                v.sum,
+                v.min,
+                v.max,
+                v.last_time,
+                v.last,
+                h.seq,
+                h.ts,
+                ttl(t.size_ms),
+            ));
+            written.push((key, v));
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        batch.set_is_idempotent(true);
+        self.job
+            .batch(&batch, values)
+            .await
+            .map_err(|e| cql_err("writing tiles", e))?;
+        for (key, v) in written {
+            w.cache.insert(key, (v, h.seq));
+        }
+        Ok(())
+    }
+
+    /// A partial as stored (cache first), with the entry that last changed it.
+    async fn base(&self, w: &Writer, key: &TileKey) -> Result<(TileAgg, i64), StoreError> {
+        if let Some(hit) = w.cache.get(key) {
+            return Ok(hit);
+        }
+        let row: Option<TileRow> = first_row(
+            &self.job,
+            &self.st.read_tile,
+            (key.0 as i32, key.1.as_ref(), key.2, key.3, &w.name),
+            "reading a tile",
+        )
+        .await?;
+        Ok(row.map_or((TileAgg::EMPTY, 0), tile_agg))
+    }
+
+    /// The tiles of an entry from its chunks; `None` when they are gone
+    /// because the entry was applied meanwhile.
+    async fn read_entry(
+        &self,
+        writer: &str,
+        h: &Header,
+    ) -> Result<Option<Vec<LoggedTile>>, StoreError> {
+        let chunks: Vec<(i32, Vec<u8>)> = self
+            .job
+            .execute_iter(self.st.read_chunks.clone(), (writer, h.seq, h.attempt))
+            .await
+            .map_err(|e| cql_err("reading checkpoint chunks", e))?
+            .rows_stream::<(i32, Vec<u8>)>()
+            .map_err(|e| cql_err("reading checkpoint chunks", e))?
+            .try_collect()
+            .await
+            .map_err(|e| cql_err("reading checkpoint chunks", e))?;
+        if chunks.len() != h.chunks as usize
+            || chunks.iter().enumerate().any(|(i, c)| c.0 != i as i32)
+        {
+            let now: Option<Header> = first_row::<HeaderRow>(
+                &self.job,
+                &self.st.read_header,
+                (writer, h.seq),
+                "reading the checkpoint log",
+            )
+            .await?
+            .map(Header::from);
+            if now.is_some_and(|n| n.applied) {
+                return Ok(None);
+            }
+            return Err(StoreError::Corrupt {
+                what: "checkpoint log entry",
+                message: format!(
+                    "writer `{writer}` entry {} has {} of its {} chunks",
+                    h.seq,
+                    chunks.len(),
+                    h.chunks
+                ),
+            });
+        }
+        let mut tiles = Vec::new();
+        for (_, data) in &chunks {
+            log::decode_chunk(data, &mut tiles)?;
+        }
+        Ok(Some(tiles))
+    }
+
+    /// The TTL of a feature's tiles of `size_ms`: its retention plus the
+    /// tile's length, so a tile outlives the last window that needs it.
+    async fn ttl(&self, feature_id: u32) -> Result<impl Fn(i64) -> i32, StoreError> {
+        let known = self
+            .ttls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&feature_id)
+            .copied();
+        let retention = match known {
+            Some(r) => r,
+            None => {
+                let features = self.load_features(&self.job, &self.st.job_features).await?;
+                self.remember_ttls(&features);
+                self.ttls
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&feature_id)
+                    .copied()
+                    .unwrap_or(0)
+            }
+        };
+        Ok(move |size_ms: i64| {
+            if retention == 0 {
+                0
+            } else {
+                (retention as u64 + (size_ms as u64).div_ceil(1000)).min(MAX_TTL_SECS) as i32
+            }
+        })
+    }
+
+    fn remember_ttls(&self, features: &[StoredFeature]) {
+        let mut ttls = self.ttls.write().unwrap_or_else(|e| e.into_inner());
+        for f in features {
+            ttls.insert(f.id, f.retention_secs.min(MAX_TTL_SECS) as i32);
+        }
+    }
+
+    async fn load_features(
+        &self,
+        session: &Session,
+        stmt: &PreparedStatement,
+    ) -> Result<Vec<StoredFeature>, StoreError> {
+        let rows: Vec<(String,)> = session
+            .execute_iter(stmt.clone(), ())
+            .await
+            .map_err(|e| cql_err("reading features", e))?
+            .rows_stream::<(String,)>()
+            .map_err(|e| cql_err("reading features", e))?
+            .try_collect()
+            .await
+            .map_err(|e| cql_err("reading features", e))?;
+        let mut out: Vec<StoredFeature> = rows
+            .iter()
+            .map(|(json,)| StoredFeature::from_json(json))
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|f| f.id);
+        Ok(out)
+    }
+
+    async fn one_feature(
+        &self,
+        session: &Session,
+        stmt: &PreparedStatement,
+        name: &str,
+    ) -> Result<Option<StoredFeature>, StoreError> {
+        first_row::<(String,)>(session, stmt, (name,), "reading a feature")
+            .await?
+            .map(|(json,)| StoredFeature::from_json(&json))
+            .transpose()
+    }
+
+    async fn register_one(&self, f: &StoredFeature) -> Result<u32, StoreError> {
+        loop {
+            if let Some(stored) = self
+                .one_feature(&self.job, &self.st.job_feature, &f.name)
+                .await?
+            {
+                if !stored.compatible_with(f) {
+                    return Err(StoreError::FeatureConflict {
+                        name: f.name.clone(),
+                        stored: describe(&stored),
+                        new: describe(f),
+                    });
+                }
+                let updated = StoredFeature {
+                    id: stored.id,
+                    ..f.clone()
+                };
+                if updated != stored {
+                    self.job
+                        .execute_unpaged(
+                            &self.st.update_feature,
+                            (encode_feature(&updated), &f.name),
+                        )
+                        .await
+                        .map_err(|e| cql_err("updating a feature", e))?;
+                }
+                return Ok(stored.id);
+            }
+            // Claim the next free id, then the name; a host racing us for
+            // either makes us look again.
+            let used: Vec<(i32,)> =
+                rows(&self.job, &self.st.feature_ids, (), "reading feature ids").await?;
+            let id = used.iter().map(|(id,)| *id).max().unwrap_or(0) + 1;
+            if !lwt_applied(
+                self.job
+                    .execute_unpaged(&self.st.claim_feature_id, (id, &f.name))
+                    .await
+                    .map_err(|e| cql_err("claiming a feature id", e))?,
+            )? {
+                continue;
+            }
+            let new = StoredFeature {
+                id: id as u32,
+                ..f.clone()
+            };
+            if lwt_applied(
+                self.job
+                    .execute_unpaged(&self.st.insert_feature, (&f.name, id, encode_feature(&new)))
+                    .await
+                    .map_err(|e| cql_err("registering a feature", e))?,
+            )? {
+                return Ok(id as u32);
+            }
+        }
+    }
+
+    async fn commit_async(
+        &self,
+        w: &mut Writer,
+        cp: &Checkpoint,
+        apply: bool,
+    ) -> Result<(), StoreError> {
+        let chunks = log::encode_deltas(&cp.deltas);
+        let positions = log::encode_positions(&cp.positions);
+        let digest = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            chunks.hash(&mut h);
+            positions.hash(&mut h);
+            h.finish()
+        };
+        if w.attempt_digest != Some(digest) {
+            // A different checkpoint than the one that failed before: an
+            // earlier attempt that lands anyway counts as another writer's.
+            w.attempts.clear();
+            w.attempt_digest = Some(digest);
+        }
+        loop {
+            let unseen = self.catch_up(w).await?;
+            if unseen
+                .iter()
+                .any(|h| w.attempts.contains(&(h.seq, h.attempt)))
+            {
+                w.attempts.clear();
+                w.attempt_digest = None;
+                return Ok(()); // an earlier try of this checkpoint landed
+            }
+            for h in &unseen {
+                let theirs = log::decode_positions(&h.positions)?;
+                if let Some((key, _)) = theirs
+                    .iter()
+                    .find(|(k, _)| cp.positions.iter().any(|(mine, _)| mine == k))
+                {
+                    w.attempts.clear();
+                    w.attempt_digest = None;
+                    return Err(StoreError::Fenced {
+                        writer: w.name.clone(),
+                        key: key.clone(),
+                    });
+                }
+            }
+            let seq = w.next_seq;
+            let attempt = random_i64();
+            let ts = now_micros().max(w.last_ts + 1);
+            w.attempts.push((seq, attempt));
+            futures::stream::iter(chunks.iter().enumerate())
+                .map(|(i, data)| {
+                    self.job.execute_unpaged(
+                        &self.st.insert_chunk,
+                        (&w.name, seq, attempt, i as i32, data),
+                    )
+                })
+                .buffer_unordered(8)
+                .map_err(|e| cql_err("writing checkpoint chunks", e))
+                .try_collect::<Vec<_>>()
+                .await?;
+            let won = lwt_applied(
+                self.job
+                    .execute_unpaged(
+                        &self.st.insert_header,
+                        (&w.name, seq, attempt, chunks.len() as i32, ts, &positions),
+                    )
+                    .await
+                    .map_err(|e| cql_err("committing a checkpoint", e))?,
+            )?;
+            if !won {
+                // Another writer (or an earlier try of ours) has `seq`: drop
+                // our chunks and look at what it wrote.
+                w.attempts.retain(|a| *a != (seq, attempt));
+                let _ = self
+                    .job
+                    .execute_unpaged(&self.st.delete_attempt, (&w.name, seq, attempt))
+                    .await;
+                continue;
+            }
+            let header = Header {
+                seq,
+                attempt,
+                chunks: chunks.len() as i32,
+                ts,
+                positions,
+                applied: false,
+            };
+            let tiles = cp
+                .deltas
+                .tiles
+                .iter()
+                .map(|d| LoggedTile {
+                    feature_id: d.feature_id,
+                    entity: cp.deltas.entity(d).to_vec(),
+                    size_ms: d.size_ms,
+                    start: d.start,
+                    agg: d.agg,
+                })
+                .collect();
+            // Committed from here on: a failed apply is finished by the
+            // next call's catch-up.
+            w.next_seq = seq + 1;
+            w.last_ts = ts;
+            w.attempts.clear();
+            w.attempt_digest = None;
+            if !apply {
+                return Ok(());
+            }
+            return self.apply(w, &header, Some(tiles)).await;
+        }
+    }
+}
+
+/// A tile's columns (count, sum, min, max, last_time, last), then one
+/// more (`applied_seq` or `start_ms`).
+type TileRow = (i64, f64, f64, f64, i64, f64, i64);
+
+fn tile_agg((count, sum, min, max, last_time, last, more): TileRow) -> (TileAgg, i64) {
+    let agg = TileAgg {
+        count: count as u64,
+        sum,
+        min,
+        max,
+        last_time,
+        last,
+    };
+    (agg, more)
+}
+
+/// Runs one statement (unpaged: for small results) and decodes its rows.
+async fn rows<T>(
+    session: &Session,
+    stmt: &PreparedStatement,
+    values: impl SerializeRow,
+    op: &'static str,
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    let result = session
+        .execute_unpaged(stmt, values)
+        .await
+        .map_err(|e| cql_err(op, e))?
+        .into_rows_result()
+        .map_err(|e| cql_err(op, e))?;
+    let rows = result
+        .rows::<T>()
+        .map_err(|e| cql_err(op, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cql_err(op, e));
+    rows
+}
+
+/// The first row of one statement's result, if any.
+async fn first_row<T>(
+    session: &Session,
+    stmt: &PreparedStatement,
+    values: impl SerializeRow,
+    op: &'static str,
+) -> Result<Option<T>, StoreError>
+where
+    T: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    Ok(rows(session, stmt, values, op).await?.into_iter().next())
+}
+
+fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| cql_err("reading an LWT result", e))?;
+    let row = rows
+        .maybe_first_row::<scylla::value::Row>()
+        .map_err(|e| cql_err("reading an LWT result", e))?;
+    Ok(matches!(
+        row.and_then(|r| r.columns.into_iter().next().flatten()),
+        Some(scylla::value::CqlValue::Boolean(true))
+    ))
+}
+
+fn encode_feature(f: &StoredFeature) -> String {
+    serde_json::to_string(f).expect("a feature serializes")
+}
+
+fn describe(f: &StoredFeature) -> String {
+    format!(
+        "entity {} sizes {:?}s aggregation {}",
+        f.entity_field, f.tile_sizes_secs, f.aggregation
+    )
+}
+
+async fn p(
+    session: &Session,
+    cql: String,
+    idempotent: bool,
+) -> Result<PreparedStatement, StoreError> {
+    let mut s = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| cql_err("preparing a statement", e))?;
+    s.set_is_idempotent(idempotent);
+    Ok(s)
+}
+
+async fn prepare(job: &Session, serving: &Session, ks: &str) -> Result<Statements, StoreError> {
+    let header_cols = "seq, attempt, chunks, ts, positions, applied";
+    Ok(Statements {
+        read_tile: p(job, format!("SELECT count, sum, min, max, last_time, last, applied_seq FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND size_ms = ? AND start_ms = ? AND writer = ?"), true).await?,
+        write_tile: p(job, format!("INSERT INTO {ks}.tiles (feature_id, entity, size_ms, start_ms, writer, count, sum, min, max, last_time, last, applied_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"), true).await?,
+        insert_chunk: p(job, format!("INSERT INTO {ks}.checkpoint_chunks (writer, seq, attempt, chunk, data) VALUES (?, ?, ?, ?, ?)"), true).await?,
+        read_chunks: p(job, format!("SELECT chunk, data FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ? AND attempt = ?"), true).await?,
+        delete_chunks: p(job, format!("DELETE FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ?"), true).await?,
+        delete_attempt: p(job, format!("DELETE FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ? AND attempt = ?"), true).await?,
+        insert_header: p(job, format!("INSERT INTO {ks}.checkpoints (writer, seq, attempt, chunks, ts, positions, applied) VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS"), false).await?,
+        log_tail: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? AND seq >= ?"), true).await?,
+        log_newest: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? LIMIT 16"), true).await?,
+        read_header: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? AND seq = ?"), true).await?,
+        mark_applied: p(job, format!("UPDATE {ks}.checkpoints SET applied = true WHERE writer = ? AND seq = ?"), true).await?,
+        prune_log: p(job, format!("DELETE FROM {ks}.checkpoints WHERE writer = ? AND seq < ?"), true).await?,
+        write_position: p(job, format!("INSERT INTO {ks}.positions (writer, key, position) VALUES (?, ?, ?) USING TIMESTAMP ?"), true).await?,
+        read_position: p(job, format!("SELECT position FROM {ks}.positions WHERE writer = ? AND key = ?"), true).await?,
+        job_feature: p(job, format!("SELECT definition FROM {ks}.features WHERE name = ?"), true).await?,
+        job_features: p(job, format!("SELECT definition FROM {ks}.features"), true).await?,
+        insert_feature: p(job, format!("INSERT INTO {ks}.features (name, id, definition) VALUES (?, ?, ?) IF NOT EXISTS"), false).await?,
+        update_feature: p(job, format!("UPDATE {ks}.features SET definition = ? WHERE name = ?"), true).await?,
+        feature_ids: p(job, format!("SELECT id FROM {ks}.feature_ids"), true).await?,
+        claim_feature_id: p(job, format!("INSERT INTO {ks}.feature_ids (id, name) VALUES (?, ?) IF NOT EXISTS"), false).await?,
+        read_range: p(serving, format!("SELECT count, sum, min, max, last_time, last, start_ms FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND size_ms = ? AND start_ms >= ? AND start_ms < ?"), true).await?,
+        serving_feature: p(serving, format!("SELECT definition FROM {ks}.features WHERE name = ?"), true).await?,
+        serving_features: p(serving, format!("SELECT definition FROM {ks}.features"), true).await?,
+    })
+}
+
+impl TileStore for ScyllaStore {
+    fn register_features(&self, features: &[StoredFeature]) -> Result<Vec<u32>, StoreError> {
+        self.block_on(async {
+            let mut ids = Vec::with_capacity(features.len());
+            for f in features {
+                let id = self.register_one(f).await?;
+                self.remember_ttls(&[StoredFeature { id, ..f.clone() }]);
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn features(&self) -> Result<Vec<StoredFeature>, StoreError> {
+        self.block_on(self.load_features(&self.serving, &self.st.serving_features))
+    }
+
+    fn feature(&self, name: &str) -> Result<Option<StoredFeature>, StoreError> {
+        self.block_on(self.one_feature(&self.serving, &self.st.serving_feature, name))
+    }
+
+    fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let writer = self.writer(&checkpoint.pipeline);
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.block_on(self.commit_async(&mut w, checkpoint, true))
+    }
+
+    fn read_tiles(
+        &self,
+        feature_id: u32,
+        entity: &[u8],
+        size_ms: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, TileAgg)>, StoreError> {
+        self.block_on(async {
+            let mut rows = self
+                .serving
+                .execute_iter(
+                    self.st.read_range.clone(),
+                    (feature_id as i32, entity, size_ms, start, end),
+                )
+                .await
+                .map_err(|e| cql_err("reading tiles", e))?
+                .rows_stream::<TileRow>()
+                .map_err(|e| cql_err("reading tiles", e))?;
+            let mut out: Vec<(i64, TileAgg)> = Vec::new();
+            while let Some(row) = rows.next().await {
+                let (partial, start) = tile_agg(row.map_err(|e| cql_err("reading tiles", e))?);
+                // Partials of one tile (one per writer) are adjacent.
+                match out.last_mut() {
+                    Some((s, agg)) if *s == start => agg.merge(&partial),
+                    _ => out.push((start, partial)),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let writer = self.writer(pipeline);
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.block_on(async {
+            self.catch_up(&mut w).await?;
+            let row: Option<(Vec<u8>,)> = first_row(
+                &self.job,
+                &self.st.read_position,
+                (pipeline, source_key),
+                "reading a position",
+            )
+            .await?;
+            Ok(row.map(|(p,)| p))
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! One conformance suite for every tile store: the embedded store, Apache
+//! Cassandra (the CQL stand-in for ScyllaDB, started by the test run) and,
+//! when `SCYLLA_URI` is set, that ScyllaDB. Each check compares what the
+//! store answers with a brute-force fold of the updates that were committed.
+//! Then the CQL store's own promises: a checkpoint logged but not applied
+//! (a crash at the commit point) is applied exactly once by whoever reads
+//! next, a second writer over the same positions is fenced, tiles expire
+//! with their feature's retention, and a store down mid-run loses nothing.
+
+use std::sync::Arc;
+
+use tessera::api::query;
+use tessera::config::StoreConfig;
+use tessera::stores::{self, Checkpoint, ScyllaStore, StoreError, StoredFeature, TileStore};
+use tessera::window::{TileAgg, TileDeltas};
+
+use crate::servers;
+use crate::support::Rng;
+
+/// A store under test, with what keeps it alive.
+struct Subject {
+    name: String,
+    store: Arc<dyn TileStore>,
+    /// Opens the same store again (a restarted host).
+    reopen: Box<dyn Fn() -> Arc<dyn TileStore>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Subject {
+    /// The store closed and opened again, as by a restarted host.
+    fn restarted(self) -> (String, Arc<dyn TileStore>, tempfile::TempDir) {
+        drop(self.store);
+        (self.name, (self.reopen)(), self._dir)
+    }
+}
+
+fn parse_store(section: &str) -> StoreConfig {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        store: StoreConfig,
+    }
+    toml::from_str::<Wrapper>(section).unwrap().store
+}
+
+fn subjects(stem: &str) -> Vec<Subject> {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = StoreConfig::Embedded {
+        path: dir.path().join("tiles.redb"),
+    };
+    let mut out = vec![Subject {
+        name: "embedded".into(),
+        store: stores::open(&embedded).unwrap(),
+        reopen: Box::new(move || stores::open(&embedded).unwrap()),
+        _dir: dir,
+    }];
+    for server in servers::cql_servers() {
+        let cfg = parse_store(&server.store_section(stem));
+        out.push(Subject {
+            name: server.name.to_string(),
+            store: stores::open(&cfg).unwrap(),
+            reopen: Box::new(move || stores::open(&cfg).unwrap()),
+            _dir: tempfile::tempdir().unwrap(),
+        });
+    }
+    out
+}
+
+fn feature(name: &str, entity_field: &str, sizes: &[u32], retention_secs: u64) -> StoredFeature {
+    StoredFeature {
+        id: 0,
+        name: name.into(),
+        plugin: "test".into(),
+        entity_field: entity_field.into(),
+        aggregation: "sum".into(),
+        tile_sizes_secs: sizes.to_vec(),
+        retention_secs,
+        windows_secs: vec![3600],
+    }
+}
+
+#[test]
+fn features_register_with_stable_ids_and_breaking_changes_are_refused() {
+    for s in subjects("features") {
+        let store = s.store.as_ref();
+        let a = feature("clicks", "user", &[60, 3600], 86_400);
+        let b = feature("views", "post", &[60], 86_400);
+        let ids = store.register_features(&[a.clone(), b.clone()]).unwrap();
+        assert_ne!(ids[0], ids[1], "{}", s.name);
+        let again = store.register_features(&[b.clone(), a.clone()]).unwrap();
+        assert_eq!(again, vec![ids[1], ids[0]], "{}: ids follow names", s.name);
+        let mut widened = a.clone();
+        widened.windows_secs = vec![3600, 7200];
+        assert_eq!(
+            store.register_features(&[widened]).unwrap(),
+            vec![ids[0]],
+            "{}",
+            s.name
+        );
+        let stored = store.feature("clicks").unwrap().unwrap();
+        assert_eq!(
+            (stored.id, stored.windows_secs.clone()),
+            (ids[0], vec![3600, 7200]),
+            "{}",
+            s.name
+        );
+        assert!(store.feature("nothing").unwrap().is_none(), "{}", s.name);
+        let mut names: Vec<String> = store
+            .features()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["clicks", "views"], "{}", s.name);
+        let mut other_entity = a.clone();
+        other_entity.entity_field = "post".into();
+        let err = store.register_features(&[other_entity]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::FeatureConflict { .. }),
+            "{}: {err}",
+            s.name
+        );
+        let (name, reopened, _dir) = s.restarted();
+        assert_eq!(
+            reopened.register_features(&[a]).unwrap(),
+            vec![ids[0]],
+            "{name}"
+        );
+    }
+}
+
+/// One committed update, as the oracle sees it.
+struct Update {
+    entity: String,
+    time: i64,
+    value: f64,
+}
+
+const SIZES_MS: [i64; 3] = [60_000, 3_600_000, 86_400_000];
+const T0: i64 = 1_700_000_000_000 / 86_400_000 * 86_400_000;
+
+/// 400 random updates over three days for 12 entities as one checkpoint
+/// (every update into its tile of each size) that puts `file:input` at
+/// `n + 1` and the dead letter at `n * 10`.
+fn random_checkpoint(feature_id: u32, rng: &mut Rng, n: u64) -> (Checkpoint, Vec<Update>) {
+    let mut deltas: Vec<(u32, Vec<u8>, i64, i64, TileAgg)> = Vec::new();
+    let mut updates = Vec::new();
+    for _ in 0..400 {
+        let u = Update {
+            entity: format!("e{}", rng.below(12)),
+            time: T0 + rng.below(3 * 86_400_000) as i64,
+            value: (rng.below(2000) as f64 - 1000.0) / 8.0,
+        };
+        for size in SIZES_MS {
+            let start = u.time.div_euclid(size) * size;
+            deltas.push((
+                feature_id,
+                u.entity.clone().into_bytes(),
+                size,
+                start,
+                TileAgg::of(u.value, u.time),
+            ));
+        }
+        updates.push(u);
+    }
+    let checkpoint = Checkpoint {
+        pipeline: "conformance".into(),
+        deltas: TileDeltas::from_unsorted(deltas),
+        positions: vec![
+            ("file:input".into(), (n + 1).to_be_bytes().to_vec()),
+            ("dead-letter".into(), (n * 10).to_be_bytes().to_vec()),
+        ],
+    };
+    (checkpoint, updates)
+}
+
+/// Commits `checkpoints` random checkpoints (numbered from 0); their updates.
+fn commit_updates(
+    store: &dyn TileStore,
+    feature_id: u32,
+    seed: u64,
+    checkpoints: u64,
+) -> Vec<Update> {
+    let mut rng = Rng(seed);
+    let mut all = Vec::new();
+    for n in 0..checkpoints {
+        let (checkpoint, mut updates) = random_checkpoint(feature_id, &mut rng, n);
+        store.commit(&checkpoint).unwrap();
+        all.append(&mut updates);
+    }
+    all
+}
+
+fn oracle(updates: &[Update], entity: &str, start: i64, end: i64) -> TileAgg {
+    let mut agg = TileAgg::EMPTY;
+    for u in updates {
+        if u.entity == entity && u.time >= start && u.time < end {
+            agg.merge(&TileAgg::of(u.value, u.time));
+        }
+    }
+    agg
+}
+
+fn close(a: &TileAgg, b: &TileAgg) -> bool {
+    a.count == b.count
+        && (a.sum - b.sum).abs() < 1e-6
+        && (a.count == 0 || (a.min == b.min && a.max == b.max && a.last_time == b.last_time))
+}
+
+fn check_tiles_and_windows(
+    name: &str,
+    store: &dyn TileStore,
+    f: &StoredFeature,
+    updates: &[Update],
+    seed: u64,
+) {
+    // Every tile of every size equals the fold of its updates.
+    for e in 0..12 {
+        let entity = format!("e{e}");
+        for size in SIZES_MS {
+            let tiles = store
+                .read_tiles(
+                    f.id,
+                    entity.as_bytes(),
+                    size,
+                    T0 - size,
+                    T0 + 4 * 86_400_000,
+                )
+                .unwrap();
+            let mut expected = Vec::new();
+            let mut start = T0;
+            while start < T0 + 3 * 86_400_000 {
+                let o = oracle(updates, &entity, start, start + size);
+                if o.count > 0 {
+                    expected.push((start, o));
+                }
+                start += size;
+            }
+            assert_eq!(tiles.len(), expected.len(), "{name}: {entity} size {size}");
+            for ((s1, a), (s2, b)) in tiles.iter().zip(&expected) {
+                assert!(
+                    s1 == s2 && close(a, b),
+                    "{name}: {entity} tile {s1}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+    // Windows covered by tiles of several sizes equal the brute force over
+    // the covered interval.
+    let mut rng = Rng(seed);
+    for _ in 0..60 {
+        let entity = format!("e{}", rng.below(12));
+        let window = [
+            3_600_000,
+            7 * 3_600_000 + 60_000,
+            86_400_000,
+            2 * 86_400_000 + 5 * 60_000,
+        ][rng.below(4) as usize];
+        let at = T0 + rng.below(4 * 86_400_000) as i64;
+        let a = query::answer(store, f, &entity, window, at).unwrap();
+        let o = oracle(updates, &entity, a.covered_start_ms, a.covered_end_ms);
+        assert_eq!(a.count, o.count, "{name}: {entity} {window} at {at}");
+        assert!(
+            (a.value.unwrap() - o.sum).abs() < 1e-6,
+            "{name}: {a:?} vs {o:?}"
+        );
+    }
+}
+
+#[test]
+fn committed_deltas_read_back_as_brute_force_says_and_survive_a_reopen() {
+    for s in subjects("tiles") {
+        let store = s.store.as_ref();
+        let ids = store
+            .register_features(&[feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)])
+            .unwrap();
+        let f = store.feature("sum").unwrap().unwrap();
+        assert_eq!(f.id, ids[0]);
+        let updates = commit_updates(store, f.id, 7, 5);
+        check_tiles_and_windows(&s.name, store, &f, &updates, 11);
+        assert_eq!(
+            store.position("conformance", "file:input").unwrap(),
+            Some(5u64.to_be_bytes().to_vec()),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.position("conformance", "dead-letter").unwrap(),
+            Some(40u64.to_be_bytes().to_vec()),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.position("conformance", "nothing").unwrap(),
+            None,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.position("other-pipeline", "file:input").unwrap(),
+            None,
+            "{}",
+            s.name
+        );
+        let (name, reopened, _dir) = s.restarted();
+        check_tiles_and_windows(&name, reopened.as_ref(), &f, &updates, 12);
+        assert_eq!(
+            reopened.position("conformance", "file:input").unwrap(),
+            Some(5u64.to_be_bytes().to_vec())
+        );
+        // More checkpoints through the reopened store merge with what is there.
+        let mut more = commit_updates(reopened.as_ref(), f.id, 8, 2);
+        let mut all = updates;
+        all.append(&mut more);
+        check_tiles_and_windows(&name, reopened.as_ref(), &f, &all, 13);
+    }
+}
+
+fn open_cql(section: &str) -> Arc<ScyllaStore> {
+    match parse_store(section) {
+        StoreConfig::Scylla(c) => Arc::new(ScyllaStore::open(&c).unwrap()),
+        other => panic!("not a CQL store: {other:?}"),
+    }
+}
+
+#[test]
+fn a_checkpoint_logged_but_not_applied_is_applied_once_by_the_next_reader() {
+    for server in servers::cql_servers() {
+        let section = server.store_section("crash");
+        let crashed = open_cql(&section);
+        let id = crashed
+            .register_features(&[feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)])
+            .unwrap()[0];
+        let first = commit_updates(crashed.as_ref(), id, 21, 2);
+        // The third checkpoint reaches the commit point, then the host dies.
+        let (third, mut rng_updates) = random_checkpoint(id, &mut Rng(99), 2);
+        crashed.commit_log_only(&third).unwrap();
+        drop(crashed);
+        // Two hosts start at once and both find the unapplied entry.
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let section = section.clone();
+                std::thread::spawn(move || {
+                    let s = open_cql(&section);
+                    let p = s.position("conformance", "file:input").unwrap();
+                    (s, p)
+                })
+            })
+            .collect();
+        let opened: Vec<_> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+        for (_, p) in &opened {
+            assert_eq!(
+                p.as_deref(),
+                Some(&3u64.to_be_bytes()[..]),
+                "{}",
+                server.name
+            );
+        }
+        let mut all = first;
+        all.append(&mut rng_updates);
+        let f = opened[0].0.feature("sum").unwrap().unwrap();
+        check_tiles_and_windows(server.name, opened[0].0.as_ref(), &f, &all, 5);
+        // And the log goes on from there.
+        let mut more = commit_updates(opened[1].0.as_ref(), id, 22, 1);
+        all.append(&mut more);
+        check_tiles_and_windows(server.name, opened[0].0.as_ref(), &f, &all, 6);
+    }
+}
+
+#[test]
+fn a_second_writer_over_the_same_positions_is_fenced_and_writes_nothing() {
+    for server in servers::cql_servers() {
+        let section = server.store_section("fence");
+        let a = open_cql(&section);
+        let id = a
+            .register_features(&[feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)])
+            .unwrap()[0];
+        let updates = commit_updates(a.as_ref(), id, 31, 1);
+        // B starts, reads where the input stands, ...
+        let b = open_cql(&section);
+        assert_eq!(
+            b.position("conformance", "file:input").unwrap(),
+            Some(1u64.to_be_bytes().to_vec())
+        );
+        // ... A commits again meanwhile (it still thinks it owns the input) ...
+        let mut all = updates;
+        all.append(&mut commit_updates(a.as_ref(), id, 32, 1));
+        // ... so B's checkpoint over the same input is refused.
+        let stale = Checkpoint {
+            pipeline: "conformance".into(),
+            deltas: TileDeltas::from_unsorted(vec![(
+                id,
+                b"e1".to_vec(),
+                60_000,
+                T0,
+                TileAgg::of(1e6, T0),
+            )]),
+            positions: vec![("file:input".into(), 2u64.to_be_bytes().to_vec())],
+        };
+        let err = b.commit(&stale).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        let f = b.feature("sum").unwrap().unwrap();
+        check_tiles_and_windows(server.name, b.as_ref(), &f, &all, 7);
+        // A checkpoint over other positions goes through.
+        let other = Checkpoint {
+            pipeline: "conformance".into(),
+            deltas: TileDeltas::from_unsorted(
+                SIZES_MS
+                    .iter()
+                    .map(|size| (id, b"e1".to_vec(), *size, T0, TileAgg::of(2.5, T0)))
+                    .collect(),
+            ),
+            positions: vec![("file:other".into(), 1u64.to_be_bytes().to_vec())],
+        };
+        b.commit(&other).unwrap();
+        all.push(Update {
+            entity: "e1".into(),
+            time: T0,
+            value: 2.5,
+        });
+        check_tiles_and_windows(server.name, a.as_ref(), &f, &all, 8);
+    }
+}
+
+#[test]
+fn tiles_expire_with_their_features_retention() {
+    for server in servers::cql_servers() {
+        let store = open_cql(&server.store_section("ttl"));
+        // Retention 1 s on 1 s tiles: a TTL of 2 s.
+        let ids = store
+            .register_features(&[
+                feature("brief", "user", &[1], 1),
+                feature("kept", "user", &[1], 86_400),
+            ])
+            .unwrap();
+        let deltas = ids
+            .iter()
+            .map(|id| (*id, b"u".to_vec(), 1000, T0, TileAgg::of(1.0, T0)))
+            .collect();
+        store
+            .commit(&Checkpoint {
+                pipeline: "ttl".into(),
+                deltas: TileDeltas::from_unsorted(deltas),
+                positions: vec![],
+            })
+            .unwrap();
+        let read = |id: u32| {
+            store
+                .read_tiles(id, b"u", 1000, T0, T0 + 1000)
+                .unwrap()
+                .len()
+        };
+        assert_eq!((read(ids[0]), read(ids[1])), (1, 1));
+        crate::support::wait_until(
+            std::time::Duration::from_secs(20),
+            "the brief tile to expire",
+            || read(ids[0]) == 0,
+        );
+        assert_eq!(read(ids[1]), 1, "a long retention keeps its tile");
+    }
+}

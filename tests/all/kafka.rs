@@ -136,7 +136,9 @@ fn events_from_a_real_broker_become_tiles_exactly_once() {
 }
 
 /// The `tessera` binary reading 120,000 events is killed with SIGKILL twice
-/// mid-stream and restarted: the tiles equal one clean run's.
+/// mid-stream (each time once it has committed a checkpoint, so the kill
+/// lands between checkpoints whatever the machine's speed) and restarted:
+/// the tiles equal one clean run's.
 #[test]
 fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,6 +148,7 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
     let (msgs, _) = messages(&events, None);
     support::kafka_produce(topic, &msgs);
     let cfg_path = dir.path().join("tessera.toml");
+    let api = format!("127.0.0.1:{}", support::free_port());
     // The killed hosts stay in the group until their session times out
     // (6 s) and hold partitions until then: the last run must not end idle
     // (after 3 s) before it has been given them.
@@ -154,20 +157,31 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
         topic,
         &group_source(support::kafka_bootstrap(), Some("10s"), ""),
         "checkpoint_events = 4000\ncheckpoint_interval = \"50ms\"",
-        "[watermark]\nout_of_orderness = \"3h\"",
+        &format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\""),
     );
     std::fs::write(&cfg_path, cfg).unwrap();
+    let checkpoints = || -> u64 {
+        support::http_get(&api, "/v1/status")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["checkpoints"].as_u64())
+            .unwrap_or(0)
+    };
     let bin = env!("CARGO_BIN_EXE_tessera");
     let mut kills = 0;
-    for wait_ms in [1_500u64, 2_500] {
-        let child = Command::new(bin)
-            .args(["run", "--config"])
+    for run in 1..=2 {
+        let mut child = Command::new(bin)
+            .args(["run", "--serve", "--config"])
             .arg(&cfg_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        kills += usize::from(support::kill_after(child, Duration::from_millis(wait_ms)));
+        support::wait_until(
+            Duration::from_secs(120),
+            &format!("run {run} to commit a checkpoint"),
+            || checkpoints() >= 1 || child.try_wait().unwrap().is_some(),
+        );
+        kills += usize::from(support::kill_after(child, Duration::from_millis(150)));
     }
     let out = Command::new(bin)
         .args(["run", "--json", "--config"])

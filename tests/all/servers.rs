@@ -291,7 +291,20 @@ pub fn cql(server: &CqlServer, statements: &[&str]) {
         if let (Some(u), Some(p)) = (&server.username, &server.password) {
             b = b.user(u, p);
         }
-        let session = b.build().await.expect("connecting to the CQL server");
+        // A fresh node opens its native port before its default superuser
+        // role exists (slow on a 2-core CI machine): until then a login
+        // fails with an authentication error, so retry for a while.
+        let started = Instant::now();
+        let session = loop {
+            match b.build().await {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                    eprintln!("{}: not ready for a login yet ({e}); retrying", server.name);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("connecting to the CQL server {}: {e}", server.name),
+            }
+        };
         for s in statements {
             session
                 .query_unpaged(*s, ())

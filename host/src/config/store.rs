@@ -60,11 +60,16 @@ pub struct ScyllaConfig {
     /// cluster at start before it gives up; 0 tries once.
     #[serde(default = "default_connect_retry", with = "super::humantime_serde")]
     pub connect_retry: Duration,
-    /// The pipeline's session: checkpoints, tile writes, positions.
-    #[serde(default = "ScyllaRole::job")]
+    /// The pipeline's session: checkpoints, tile writes, positions. Keys
+    /// left out keep the job defaults (`local_quorum`, 10 s, 200 shares).
+    #[serde(default = "ScyllaRole::job", deserialize_with = "ScyllaRole::job_over")]
     pub job: ScyllaRole,
-    /// The serving API's session: feature reads.
-    #[serde(default = "ScyllaRole::serving")]
+    /// The serving API's session: feature reads. Keys left out keep the
+    /// serving defaults (`local_one`, 2 s, 1000 shares).
+    #[serde(
+        default = "ScyllaRole::serving",
+        deserialize_with = "ScyllaRole::serving_over"
+    )]
     pub serving: ScyllaRole,
     /// The job's read-through cache of the tiles it writes.
     #[serde(default)]
@@ -88,35 +93,59 @@ fn default_connect_retry() -> Duration {
 }
 
 /// One driver session: its credentials, execution profile and (on
-/// ScyllaDB) the service level its role is attached to.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// ScyllaDB) the service level its role is attached to. Written in the
+/// config as a [`RoleKeys`] table laid over the role's defaults.
+#[derive(Clone, Debug, Serialize)]
 pub struct ScyllaRole {
-    /// Login role; without one the session connects unauthenticated.
-    #[serde(default)]
     pub username: Option<String>,
-    /// The password itself (prefer `password_env` or `password_file`).
-    #[serde(default)]
     pub password: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[serde(default)]
     pub password_env: Option<String>,
-    /// A file holding the password (e.g. a mounted Kubernetes secret).
-    #[serde(default)]
     pub password_file: Option<PathBuf>,
-    #[serde(default)]
     pub consistency: Consistency,
-    /// Client-side timeout of one request (retries included).
-    #[serde(default = "default_request_timeout", with = "super::humantime_serde")]
+    #[serde(with = "super::humantime_serde")]
     pub request_timeout: Duration,
+    pub service_level: Option<String>,
+    pub shares: Option<u32>,
+}
+
+/// The keys of `[store.job]` and `[store.serving]`; each one left out keeps
+/// the role's default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleKeys {
+    /// Login role; without one the session connects unauthenticated.
+    username: Option<String>,
+    /// The password itself (prefer `password_env` or `password_file`).
+    password: Option<String>,
+    /// Name of an environment variable holding the password.
+    password_env: Option<String>,
+    /// A file holding the password (e.g. a mounted Kubernetes secret).
+    password_file: Option<PathBuf>,
+    consistency: Option<Consistency>,
+    /// Client-side timeout of one request (retries included).
+    #[serde(default, with = "super::opt_humantime_serde")]
+    request_timeout: Option<Duration>,
     /// ScyllaDB only: the service level to create and attach this role to
     /// (needs `username` and a role allowed to manage service levels);
     /// ignored with a log line on other CQL servers.
-    #[serde(default)]
-    pub service_level: Option<String>,
+    service_level: Option<String>,
     /// Shares of that service level (ScyllaDB: 1 to 1000).
-    #[serde(default)]
-    pub shares: Option<u32>,
+    shares: Option<u32>,
+}
+
+impl RoleKeys {
+    fn over(self, base: ScyllaRole) -> ScyllaRole {
+        ScyllaRole {
+            username: self.username.or(base.username),
+            password: self.password.or(base.password),
+            password_env: self.password_env.or(base.password_env),
+            password_file: self.password_file.or(base.password_file),
+            consistency: self.consistency.unwrap_or(base.consistency),
+            request_timeout: self.request_timeout.unwrap_or(base.request_timeout),
+            service_level: self.service_level.or(base.service_level),
+            shares: self.shares.or(base.shares),
+        }
+    }
 }
 
 fn default_request_timeout() -> Duration {
@@ -144,6 +173,14 @@ impl ScyllaRole {
             shares: Some(1000),
             ..ScyllaRole::job()
         }
+    }
+
+    fn job_over<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(RoleKeys::deserialize(d)?.over(Self::job()))
+    }
+
+    fn serving_over<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(RoleKeys::deserialize(d)?.over(Self::serving()))
     }
 
     /// The password from whichever of the three places is set.
@@ -296,5 +333,73 @@ impl ScyllaConfig {
         if self.cache.max_tiles == 0 {
             problems.push("store.cache.max_tiles must be at least 1".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Wrapper {
+        store: StoreConfig,
+    }
+
+    fn parse(toml_text: &str) -> StoreConfig {
+        toml::from_str::<Wrapper>(toml_text).unwrap().store
+    }
+
+    fn problems(cfg: &StoreConfig) -> Vec<String> {
+        let mut p = Vec::new();
+        cfg.validate(&mut p);
+        p
+    }
+
+    #[test]
+    fn a_scylla_store_parses_with_defaults_and_every_problem_is_reported() {
+        let cfg = parse(
+            "[store]\ntype = \"scylla\"\ncontact_points = [\"n1:9042\"]\ndatacenters = { dc1 = 3 }\n[store.serving]\nusername = \"reader\"\npassword_env = \"NO_SUCH_VARIABLE_HERE\"\n",
+        );
+        let StoreConfig::Scylla(s) = &cfg else {
+            panic!("{cfg:?}")
+        };
+        assert_eq!(s.keyspace, "tessera");
+        assert_eq!(s.job.consistency, Consistency::LocalQuorum);
+        assert_eq!(s.job.shares, Some(200));
+        assert_eq!(s.serving.consistency, Consistency::LocalOne);
+        assert_eq!(s.serving.username.as_deref(), Some("reader"));
+        // A partial [store.serving] keeps the serving defaults, not the job's.
+        assert_eq!(s.serving.request_timeout, Duration::from_secs(2));
+        assert_eq!(s.serving.shares, Some(1000));
+        assert_eq!(
+            s.replication_cql(),
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"
+        );
+        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert!(s
+            .serving
+            .resolve_password()
+            .unwrap_err()
+            .contains("NO_SUCH_VARIABLE_HERE"));
+
+        let bad = parse(
+            "[store]\ntype = \"scylla\"\ncontact_points = []\nkeyspace = \"1-bad\"\nreplication_factor = 0\n[store.job]\npassword = \"x\"\npassword_env = \"Y\"\nshares = 5000\n[store.cache]\nmax_tiles = 0\n",
+        );
+        let p = problems(&bad).join("\n");
+        for expected in [
+            "contact_points",
+            "keyspace `1-bad`",
+            "replication factors",
+            "only one of password",
+            "needs a username",
+            "store.job.shares",
+            "max_tiles",
+        ] {
+            assert!(p.contains(expected), "`{expected}` in:\n{p}");
+        }
+        let unknown = toml::from_str::<Wrapper>(
+            "[store]\ntype = \"scylla\"\ncontact_points = []\n[store.job]\nconsistency = \"local_quorum\"\npasword = \"typo\"\n",
+        );
+        assert!(unknown.is_err(), "a misspelt key is refused: {unknown:?}");
     }
 }

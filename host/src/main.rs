@@ -134,7 +134,7 @@ fn main() -> Result<()> {
             let addr = listen.unwrap_or(cfg.api.listen.clone());
             let state = api::AppState {
                 metrics: Some(install_metrics()?),
-                ..api::AppState::new(store)
+                ..api::AppState::configured(store, &cfg.api)
             };
             tokio_runtime()?.block_on(serve_http(state, &addr, true))
         }
@@ -240,6 +240,7 @@ async fn serve_http(state: api::AppState, addr: &str, until_ctrl_c: bool) -> Res
 fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let store = stores::open(&cfg.store)?;
+    let api_cfg = cfg.api.clone();
     let listen = cfg.api.listen.clone();
     let mut pipeline = Pipeline::build(cfg, store.clone())?;
     let stop = pipeline.stop_flag();
@@ -255,9 +256,9 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     }
     if serve {
         let state = api::AppState {
-            store: store.clone(),
             status: Some(pipeline.status_board()),
             metrics: Some(install_metrics()?),
+            ..api::AppState::configured(store.clone(), &api_cfg)
         };
         let listen = listen.clone();
         rt.spawn(async move {

@@ -459,3 +459,89 @@ fn tiles_expire_with_their_features_retention() {
         assert_eq!(read(ids[1]), 1, "a long retention keeps its tile");
     }
 }
+
+/// The batch read (concurrent range scans on a CQL store) answers every
+/// entity × feature as the brute force says; the serving cache in front of
+/// the store, even a tiny one, answers the same, and an answer it serves
+/// is never older than its TTL.
+#[test]
+fn batch_reads_and_the_serving_cache_answer_as_the_brute_force_says() {
+    for s in subjects("batch") {
+        let store = s.store.clone();
+        let ids = store
+            .register_features(&[
+                feature("fine", "user", &[60, 3600, 86_400], 30 * 86_400),
+                feature("coarse", "user", &[3600, 86_400], 30 * 86_400),
+            ])
+            .unwrap();
+        let fine = commit_updates(store.as_ref(), ids[0], 21, 3);
+        let coarse = commit_updates(store.as_ref(), ids[1], 22, 2);
+        let features = vec![
+            store.feature("fine").unwrap().unwrap(),
+            store.feature("coarse").unwrap().unwrap(),
+        ];
+        let mut entities: Vec<String> = (0..12).map(|e| format!("e{e}")).collect();
+        entities.push("nobody".into());
+        let tiny: Arc<dyn TileStore> = Arc::new(stores::ReadCache::new(
+            store.clone(),
+            5,
+            std::time::Duration::from_secs(3600),
+        ));
+        let mut rng = Rng(23);
+        for _ in 0..6 {
+            let window = [3_600_000, 7 * 3_600_000 + 60_000, 2 * 86_400_000][rng.below(3) as usize];
+            let at = T0 + rng.below(4 * 86_400_000) as i64;
+            for through in [&store, &tiny] {
+                let b =
+                    query::answer_many(through.as_ref(), &features, &entities, window, at).unwrap();
+                assert_eq!(b.results.len(), entities.len());
+                for (r, entity) in b.results.iter().zip(&entities) {
+                    for (f, updates) in features.iter().zip([&fine, &coarse]) {
+                        let v = &r.values[&f.name];
+                        let o = oracle(updates, entity, v.covered_start_ms, v.covered_end_ms);
+                        assert_eq!(v.count, o.count, "{}: {} of {entity}", s.name, f.name);
+                        assert!((v.value.unwrap() - o.sum).abs() < 1e-6, "{}", s.name);
+                        let single =
+                            query::answer(through.as_ref(), f, entity, window, at).unwrap();
+                        assert_eq!(
+                            (single.count, single.covered_start_ms),
+                            (v.count, v.covered_start_ms)
+                        );
+                    }
+                }
+            }
+        }
+        check_tiles_and_windows(&s.name, tiny.as_ref(), &features[0], &fine, 24);
+
+        // Staleness: a cached answer stays until its TTL, then reads through.
+        let ttl = std::time::Duration::from_secs(2);
+        let cached = stores::ReadCache::new(store.clone(), 10_000, ttl);
+        let (f, entity, window, at) = (&features[0], "e3", 2 * 86_400_000, T0 + 2 * 86_400_000);
+        let asked = std::time::Instant::now();
+        let before = query::answer(&cached, f, entity, window, at).unwrap();
+        let mut all = fine;
+        all.extend(commit_updates(store.as_ref(), ids[0], 25, 1));
+        let fresh = oracle(&all, entity, before.covered_start_ms, before.covered_end_ms);
+        assert_ne!(
+            fresh.count, before.count,
+            "the new checkpoint changes the answer"
+        );
+        let again = query::answer(&cached, f, entity, window, at).unwrap();
+        if asked.elapsed() < ttl {
+            assert_eq!(
+                again.count, before.count,
+                "{}: served from the cache",
+                s.name
+            );
+        }
+        std::thread::sleep(
+            ttl.saturating_sub(asked.elapsed()) + std::time::Duration::from_millis(50),
+        );
+        let after = query::answer(&cached, f, entity, window, at).unwrap();
+        assert_eq!(
+            after.count, fresh.count,
+            "{}: read through after the TTL",
+            s.name
+        );
+    }
+}

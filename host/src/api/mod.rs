@@ -12,25 +12,33 @@
 //! - `GET /v1/features/{feature}/entities/{entity}?window=2h[&at=...]` — one
 //!   feature of one entity over a window ending at `at` (ms since the epoch or
 //!   RFC 3339; default now), with the interval actually covered.
+//! - `POST /v1/batch` — many entities × features over one window in one
+//!   call (`{"entities": [...], "features": [...], "window": "7d"}`), as
+//!   ranking services fetch them; at most `api.max_batch_items` pairs.
+//! - `GET /v1/openapi.json` — the OpenAPI 3.1 description of all of these.
 //!
-//! Errors are JSON `{"error": "..."}` with 400 (bad request), 404 (unknown
-//! feature) or 500 (store failure; details logged, not returned).
+//! Feature reads go through the serving API's own cache (`[api.cache]`,
+//! [`crate::stores::ReadCache`]). Errors are JSON `{"error": "..."}` with
+//! 400 (bad request), 404 (unknown feature) or 500 (store failure; details
+//! logged, not returned).
 
 pub mod query;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::config::ApiConfig;
 use crate::record::now_ms;
-use crate::stores::TileStore;
+use crate::stores::{ReadCache, StoredFeature, TileStore};
 use crate::telemetry::status::{PipelineStatus, StatusBoard};
 
 /// One error type for every handler.
@@ -71,14 +79,29 @@ pub struct AppState {
     pub store: Arc<dyn TileStore>,
     pub status: Option<Arc<StatusBoard>>,
     pub metrics: Option<PrometheusHandle>,
+    /// Most entities × features one batch call may ask for.
+    pub max_batch_items: usize,
 }
 
+/// The OpenAPI description served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 impl AppState {
+    /// Serving straight from `store`, with the default limits.
     pub fn new(store: Arc<dyn TileStore>) -> Self {
         AppState {
             store,
             status: None,
             metrics: None,
+            max_batch_items: ApiConfig::default().max_batch_items,
+        }
+    }
+
+    /// Serving from `store` through the configured read cache and limits.
+    pub fn configured(store: Arc<dyn TileStore>, cfg: &ApiConfig) -> Self {
+        AppState {
+            max_batch_items: cfg.max_batch_items,
+            ..AppState::new(ReadCache::wrap(store, &cfg.cache))
         }
     }
 
@@ -95,6 +118,16 @@ impl AppState {
             .route("/metrics", get(metrics))
             .route("/v1/features", get(list_features))
             .route("/v1/features/{feature}/entities/{entity}", get(get_feature))
+            .route("/v1/batch", post(get_batch))
+            .route(
+                "/v1/openapi.json",
+                get(|| async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        OPENAPI,
+                    )
+                }),
+            )
             .with_state(self)
     }
 }
@@ -208,6 +241,80 @@ async fn get_feature(
             store.as_ref(),
             &f,
             &entity,
+            window_ms,
+            at_ms,
+        )?)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(answer))
+}
+
+/// The body of `POST /v1/batch`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    entities: Vec<String>,
+    features: Vec<String>,
+    /// e.g. `"7d"`.
+    window: String,
+    /// ms since the epoch (a number or a string) or RFC 3339; default now.
+    #[serde(default)]
+    at: Option<serde_json::Value>,
+}
+
+async fn get_batch(
+    State(s): State<AppState>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Json<query::BatchAnswer>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if req.entities.is_empty() || req.features.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`entities` and `features` must each name at least one".into(),
+        ));
+    }
+    let items = req.entities.len().saturating_mul(req.features.len());
+    if items > s.max_batch_items {
+        return Err(ApiError::BadRequest(format!(
+            "{} entities × {} features = {items} answers, more than the {} one call may ask for (api.max_batch_items); split the call",
+            req.entities.len(),
+            req.features.len(),
+            s.max_batch_items
+        )));
+    }
+    let window_ms = query::parse_window(&req.window).map_err(ApiError::BadRequest)?;
+    let at_ms = match &req.at {
+        None | Some(serde_json::Value::Null) => now_ms(),
+        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| {
+            ApiError::BadRequest(format!("`at` {n} must be whole ms since the epoch"))
+        })?,
+        Some(serde_json::Value::String(t)) => query::parse_at(t).map_err(ApiError::BadRequest)?,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`at` must be ms since the epoch or an RFC 3339 time, not {other}"
+            )))
+        }
+    };
+    let store = s.store.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<query::BatchAnswer, ApiError> {
+        let mut features: Vec<StoredFeature> = Vec::with_capacity(req.features.len());
+        let mut unknown = Vec::new();
+        for name in &req.features {
+            match store.feature(name)? {
+                Some(f) => features.push(f),
+                None => unknown.push(format!("`{name}`")),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no feature named {}",
+                unknown.join(", ")
+            )));
+        }
+        Ok(query::answer_many(
+            store.as_ref(),
+            &features,
+            &req.entities,
             window_ms,
             at_ms,
         )?)

@@ -1,9 +1,12 @@
-//! Answering "feature F of entity E over the last W (ending at T)" from tiles.
+//! Answering "feature F of entity E over the last W (ending at T)" from
+//! tiles, for one pair or for many entities × features at once.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::stores::{StoreError, StoredFeature, TileStore};
-use crate::window::{cover, TileAgg, TileRange};
+use crate::stores::{StoreError, StoredFeature, TileRead, TileRun, TileStore};
+use crate::window::{cover, Cover, TileAgg, TileRange};
 
 /// The answer to a window query, with the interval it actually covers.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -34,14 +37,8 @@ pub fn answer(
     at_ms: i64,
 ) -> Result<FeatureAnswer, StoreError> {
     let c = cover(at_ms, window_ms, &feature.sizes_ms());
-    let mut agg = TileAgg::EMPTY;
-    for r in &c.ranges {
-        for (_, tile) in
-            store.read_tiles(feature.id, entity.as_bytes(), r.size_ms, r.start, r.end)?
-        {
-            agg.merge(&tile);
-        }
-    }
+    let reads = reads_of(feature, &c, entity);
+    let agg = fold(store.read_tiles_many(&reads))?;
     Ok(FeatureAnswer {
         feature: feature.name.clone(),
         entity: entity.to_string(),
@@ -54,6 +51,137 @@ pub fn answer(
         covered_end_ms: c.end,
         tiles: c.ranges,
     })
+}
+
+/// The answer to a batch call: every asked feature of every asked entity
+/// over one window.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BatchAnswer {
+    pub window_ms: i64,
+    pub at_ms: i64,
+    /// The asked features in the asked order, with the tiles read for each
+    /// (the same for every entity).
+    pub features: Vec<BatchFeature>,
+    /// One per asked entity, in the asked order.
+    pub results: Vec<EntityValues>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BatchFeature {
+    pub feature: String,
+    pub aggregation: String,
+    pub covered_start_ms: i64,
+    pub covered_end_ms: i64,
+    /// Tile runs read, largest tiles first.
+    pub tiles: Vec<TileRange>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EntityValues {
+    pub entity: String,
+    /// By feature name.
+    pub values: BTreeMap<String, FeatureValue>,
+}
+
+/// One feature of one entity: the value and the interval it covers.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FeatureValue {
+    pub value: Option<f64>,
+    pub count: u64,
+    pub covered_start_ms: i64,
+    pub covered_end_ms: i64,
+}
+
+/// Answers every feature of every entity over one window with one
+/// [`TileStore::read_tiles_many`] call (concurrent range scans on a CQL
+/// store).
+pub fn answer_many(
+    store: &dyn TileStore,
+    features: &[StoredFeature],
+    entities: &[String],
+    window_ms: i64,
+    at_ms: i64,
+) -> Result<BatchAnswer, StoreError> {
+    let covers: Vec<Cover> = features
+        .iter()
+        .map(|f| cover(at_ms, window_ms, &f.sizes_ms()))
+        .collect();
+    // Reads grouped by (entity, feature), each group's length remembered.
+    let mut reads = Vec::new();
+    let mut lengths = Vec::with_capacity(entities.len() * features.len());
+    for entity in entities {
+        for (f, c) in features.iter().zip(&covers) {
+            let r = reads_of(f, c, entity);
+            lengths.push(r.len());
+            reads.extend(r);
+        }
+    }
+    let mut runs = store.read_tiles_many(&reads).into_iter();
+    let mut lengths = lengths.into_iter();
+    let mut results = Vec::with_capacity(entities.len());
+    for entity in entities {
+        let mut values = BTreeMap::new();
+        for (f, c) in features.iter().zip(&covers) {
+            let n = lengths.next().expect("one length per pair");
+            let agg = fold(runs.by_ref().take(n))?;
+            values.insert(
+                f.name.clone(),
+                FeatureValue {
+                    value: agg.value(f.aggregation()),
+                    count: agg.count,
+                    covered_start_ms: c.start,
+                    covered_end_ms: c.end,
+                },
+            );
+        }
+        results.push(EntityValues {
+            entity: entity.clone(),
+            values,
+        });
+    }
+    Ok(BatchAnswer {
+        window_ms,
+        at_ms,
+        features: features
+            .iter()
+            .zip(covers)
+            .map(|(f, c)| BatchFeature {
+                feature: f.name.clone(),
+                aggregation: f.aggregation.clone(),
+                covered_start_ms: c.start,
+                covered_end_ms: c.end,
+                tiles: c.ranges,
+            })
+            .collect(),
+        results,
+    })
+}
+
+/// The range reads that cover `c` for one entity of one feature.
+fn reads_of(feature: &StoredFeature, c: &Cover, entity: &str) -> Vec<TileRead> {
+    c.ranges
+        .iter()
+        .map(|r| TileRead {
+            feature_id: feature.id,
+            entity: entity.as_bytes().to_vec(),
+            size_ms: r.size_ms,
+            start: r.start,
+            end: r.end,
+        })
+        .collect()
+}
+
+/// Every tile of the runs merged into one aggregate.
+fn fold(
+    runs: impl IntoIterator<Item = Result<TileRun, StoreError>>,
+) -> Result<TileAgg, StoreError> {
+    let mut agg = TileAgg::EMPTY;
+    for run in runs {
+        for (_, tile) in run? {
+            agg.merge(&tile);
+        }
+    }
+    Ok(agg)
 }
 
 /// Parses a window such as `30m`, `2h`, `1d` into milliseconds.

@@ -575,16 +575,60 @@ pub struct ApiConfig {
     /// Address the HTTP API listens on when serving.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Most entities × features one batch call may ask for.
+    #[serde(default = "default_max_batch_items")]
+    pub max_batch_items: usize,
+    /// The serving reads' own cache of tile runs.
+    #[serde(default)]
+    pub cache: ServingCacheConfig,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
+fn default_max_batch_items() -> usize {
+    10_000
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
+            max_batch_items: default_max_batch_items(),
+            cache: ServingCacheConfig::default(),
+        }
+    }
+}
+
+/// `[api.cache]`: tile runs the serving API read, kept for `ttl`, so hot
+/// entities cost one store read per `ttl` however often they are asked
+/// for. An answer is at most `ttl` older than the store (which itself
+/// trails the pipeline by up to one checkpoint). `max_tiles = 0` or
+/// `ttl = "0s"` turns it off.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingCacheConfig {
+    /// Most tiles held (about 100 bytes plus the entity each).
+    #[serde(default = "default_serving_cache_tiles")]
+    pub max_tiles: u64,
+    #[serde(default = "default_serving_cache_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_serving_cache_tiles() -> u64 {
+    200_000
+}
+
+fn default_serving_cache_ttl() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for ServingCacheConfig {
+    fn default() -> Self {
+        ServingCacheConfig {
+            max_tiles: default_serving_cache_tiles(),
+            ttl: default_serving_cache_ttl(),
         }
     }
 }
@@ -717,6 +761,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         self.store.validate(&mut problems);
+        if !(1..=1_000_000).contains(&self.api.max_batch_items) {
+            problems.push(format!(
+                "api.max_batch_items {} must be between 1 and 1000000",
+                self.api.max_batch_items
+            ));
+        }
+        if self.api.cache.ttl > Duration::from_secs(3600) {
+            problems.push("api.cache.ttl must be at most 1h (answers may be that stale)".into());
+        }
         let p = &self.pipeline;
         if !valid_name(&p.name) {
             problems.push(format!(

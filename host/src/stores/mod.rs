@@ -12,10 +12,12 @@
 
 mod embedded;
 mod feature;
+mod read_cache;
 mod scylla;
 
 pub use embedded::EmbeddedStore;
 pub use feature::StoredFeature;
+pub use read_cache::ReadCache;
 pub use scylla::ScyllaStore;
 
 use crate::window::{TileAgg, TileDeltas};
@@ -57,6 +59,20 @@ impl From<redb::Error> for StoreError {
     }
 }
 
+/// One range of tiles to read: feature, entity and size, with
+/// `start <= tile start < end` (the arguments of [`TileStore::read_tiles`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TileRead {
+    pub feature_id: u32,
+    pub entity: Vec<u8>,
+    pub size_ms: i64,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Tiles read for one [`TileRead`]: (tile start, aggregate), ascending.
+pub type TileRun = Vec<(i64, TileAgg)>;
+
 /// What one checkpoint commits atomically.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
@@ -89,7 +105,16 @@ pub trait TileStore: Send + Sync {
         size_ms: i64,
         start: i64,
         end: i64,
-    ) -> Result<Vec<(i64, TileAgg)>, StoreError>;
+    ) -> Result<TileRun, StoreError>;
+
+    /// Several reads at once, answers in the order asked (the batch serving
+    /// call). Stores that can issue them concurrently override this.
+    fn read_tiles_many(&self, reads: &[TileRead]) -> Vec<Result<TileRun, StoreError>> {
+        reads
+            .iter()
+            .map(|r| self.read_tiles(r.feature_id, &r.entity, r.size_ms, r.start, r.end))
+            .collect()
+    }
 
     /// The last committed position of a source, if any.
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -43,13 +43,15 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Checkpoint, StoreError, StoredFeature, TileStore};
+use super::{Checkpoint, StoreError, StoredFeature, TileRead, TileRun, TileStore};
 use crate::config::ScyllaConfig;
 use crate::window::TileAgg;
 use log::LoggedTile;
 
 /// Tiles merged and written concurrently (one partition per task).
 const APPLY_CONCURRENCY: usize = 64;
+/// Range scans of one batch serving call in flight at once.
+const CONCURRENT_READS: usize = 64;
 /// Rows of one partition per unlogged batch.
 const BATCH_ROWS: usize = 32;
 /// Headers kept in the log behind the newest (older ones are pruned).
@@ -220,6 +222,38 @@ impl ScyllaStore {
     /// Which CQL server this is, as detected at connect.
     pub fn flavor(&self) -> &str {
         &self.flavor
+    }
+
+    /// One range scan of one tile partition on the serving session; the
+    /// partials of a tile (one per writer) are merged.
+    async fn read_run(
+        &self,
+        feature_id: u32,
+        entity: &[u8],
+        size_ms: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<TileRun, StoreError> {
+        let mut rows = self
+            .serving
+            .execute_iter(
+                self.st.read_range.clone(),
+                (feature_id as i32, entity, size_ms, start, end),
+            )
+            .await
+            .map_err(|e| cql_err("reading tiles", e))?
+            .rows_stream::<TileRow>()
+            .map_err(|e| cql_err("reading tiles", e))?;
+        let mut out: TileRun = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (partial, start) = tile_agg(row.map_err(|e| cql_err("reading tiles", e))?);
+            // Partials of one tile (one per writer) are adjacent.
+            match out.last_mut() {
+                Some((s, agg)) if *s == start => agg.merge(&partial),
+                _ => out.push((start, partial)),
+            }
+        }
+        Ok(out)
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -855,29 +889,17 @@ impl TileStore for ScyllaStore {
         size_ms: i64,
         start: i64,
         end: i64,
-    ) -> Result<Vec<(i64, TileAgg)>, StoreError> {
-        self.block_on(async {
-            let mut rows = self
-                .serving
-                .execute_iter(
-                    self.st.read_range.clone(),
-                    (feature_id as i32, entity, size_ms, start, end),
-                )
-                .await
-                .map_err(|e| cql_err("reading tiles", e))?
-                .rows_stream::<TileRow>()
-                .map_err(|e| cql_err("reading tiles", e))?;
-            let mut out: Vec<(i64, TileAgg)> = Vec::new();
-            while let Some(row) = rows.next().await {
-                let (partial, start) = tile_agg(row.map_err(|e| cql_err("reading tiles", e))?);
-                // Partials of one tile (one per writer) are adjacent.
-                match out.last_mut() {
-                    Some((s, agg)) if *s == start => agg.merge(&partial),
-                    _ => out.push((start, partial)),
-                }
-            }
-            Ok(out)
-        })
+    ) -> Result<TileRun, StoreError> {
+        self.block_on(self.read_run(feature_id, entity, size_ms, start, end))
+    }
+
+    fn read_tiles_many(&self, reads: &[TileRead]) -> Vec<Result<TileRun, StoreError>> {
+        self.block_on(
+            futures::stream::iter(reads)
+                .map(|r| self.read_run(r.feature_id, &r.entity, r.size_ms, r.start, r.end))
+                .buffered(CONCURRENT_READS)
+                .collect(),
+        )
     }
 
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -133,6 +133,7 @@ struct Writer {
 
 struct Statements {
     read_tile: PreparedStatement,
+    read_tiles_in: PreparedStatement,
     write_tile: PreparedStatement,
     insert_chunk: PreparedStatement,
     read_chunks: PreparedStatement,
@@ -389,7 +390,7 @@ impl ScyllaStore {
             .iter()
             .map(|t| (t.feature_id, entity.clone(), t.size_ms, t.start))
             .collect();
-        let bases = futures::future::try_join_all(keys.iter().map(|k| self.base(w, k))).await?;
+        let bases = self.bases(w, &keys).await?;
         let ttl = self.ttl(tiles[0].feature_id).await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::new();
@@ -431,6 +432,51 @@ impl ScyllaStore {
             w.cache.insert(key, (v, h.seq));
         }
         Ok(())
+    }
+
+    /// This writer's partials of `keys` (one partition) as stored, each with
+    /// the entry that last changed it: cache first, then the misses with
+    /// one multi-column `IN` read (a cold entity's 1m, 30m and 1d tiles cost
+    /// one round trip, not three).
+    async fn bases(&self, w: &Writer, keys: &[TileKey]) -> Result<Vec<(TileAgg, i64)>, StoreError> {
+        let mut out: Vec<Option<(TileAgg, i64)>> = keys.iter().map(|k| w.cache.get(k)).collect();
+        let missed: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        match missed.as_slice() {
+            [] => {}
+            [i] => out[*i] = Some(self.base(w, &keys[*i]).await?),
+            _ => {
+                let (feature_id, entity) = (keys[0].0 as i32, keys[0].1.as_ref());
+                let wanted: Vec<(i64, i64)> =
+                    missed.iter().map(|&i| (keys[i].2, keys[i].3)).collect();
+                let found: Vec<WriterTileRow> = rows(
+                    &self.job,
+                    &self.st.read_tiles_in,
+                    (feature_id, entity, &wanted),
+                    "reading tiles",
+                )
+                .await?;
+                let mine: HashMap<(i64, i64), (TileAgg, i64)> = found
+                    .into_iter()
+                    .filter(|r| r.2 == w.name)
+                    .map(
+                        |(size, start, _, count, sum, min, max, last_time, last, seq)| {
+                            (
+                                (size, start),
+                                tile_agg((count, sum, min, max, last_time, last, seq)),
+                            )
+                        },
+                    )
+                    .collect();
+                for i in missed {
+                    let at = (keys[i].2, keys[i].3);
+                    out[i] = Some(mine.get(&at).copied().unwrap_or((TileAgg::EMPTY, 0)));
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|b| b.expect("every key looked up"))
+            .collect())
     }
 
     /// A partial as stored (cache first), with the entry that last changed it.
@@ -739,6 +785,8 @@ impl ScyllaStore {
 /// A tile's columns (count, sum, min, max, last_time, last), then one
 /// more (`applied_seq` or `start_ms`).
 type TileRow = (i64, f64, f64, f64, i64, f64, i64);
+/// (size_ms, start_ms, writer) then a [`TileRow`].
+type WriterTileRow = (i64, i64, String, i64, f64, f64, f64, i64, f64, i64);
 
 fn tile_agg((count, sum, min, max, last_time, last, more): TileRow) -> (TileAgg, i64) {
     let agg = TileAgg {
@@ -830,6 +878,7 @@ async fn prepare(job: &Session, serving: &Session, ks: &str) -> Result<Statement
     let header_cols = "seq, attempt, chunks, ts, positions, applied";
     Ok(Statements {
         read_tile: p(job, format!("SELECT count, sum, min, max, last_time, last, applied_seq FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND size_ms = ? AND start_ms = ? AND writer = ?"), true).await?,
+        read_tiles_in: p(job, format!("SELECT size_ms, start_ms, writer, count, sum, min, max, last_time, last, applied_seq FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND (size_ms, start_ms) IN ?"), true).await?,
         write_tile: p(job, format!("INSERT INTO {ks}.tiles (feature_id, entity, size_ms, start_ms, writer, count, sum, min, max, last_time, last, applied_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"), true).await?,
         insert_chunk: p(job, format!("INSERT INTO {ks}.checkpoint_chunks (writer, seq, attempt, chunk, data) VALUES (?, ?, ?, ?, ?)"), true).await?,
         read_chunks: p(job, format!("SELECT chunk, data FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ? AND attempt = ?"), true).await?,

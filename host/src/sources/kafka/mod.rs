@@ -49,6 +49,10 @@ use crate::record::{now_ms, RawBatchBuilder};
 use crate::stores::TileStore;
 use crate::telemetry::status::{SourcePartition, SourceStatus};
 
+/// How long a partition assignment waits for an unreachable store to give
+/// the partition's committed position before the host stops.
+const COMMITTED_RETRY: Duration = Duration::from_secs(300);
+
 /// The store key of a partition's committed position.
 pub fn position_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
@@ -141,17 +145,30 @@ impl GroupContext {
 
     /// The committed next offset of a partition, if the store has one.
     fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
-        match self
-            .store
-            .position(&self.pipeline, &position_key(topic, partition))
-        {
-            Ok(v) => v
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .map(i64::from_be_bytes),
-            Err(e) => {
-                // Starting anywhere else could count records twice: stop.
-                tracing::error!(error = %e, topic, partition, "cannot read the committed position; the host stops");
-                std::process::exit(70);
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self
+                .store
+                .position(&self.pipeline, &position_key(topic, partition))
+            {
+                Ok(v) => {
+                    return v
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map(i64::from_be_bytes)
+                }
+                // The store is unreachable for now: wait for it (the
+                // partition cannot start anywhere else).
+                Err(e) if e.is_transient() && started.elapsed() < COMMITTED_RETRY => {
+                    tracing::warn!(error = %e, topic, partition, retry_in = ?delay, "cannot read the committed position yet");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    // Starting anywhere else could count records twice: stop.
+                    tracing::error!(error = %e, topic, partition, "cannot read the committed position; the host stops");
+                    std::process::exit(70);
+                }
             }
         }
     }

@@ -137,6 +137,15 @@ pub fn router(store: Arc<dyn TileStore>) -> Router {
     AppState::new(store).router()
 }
 
+/// Runs `f` (synchronous store calls) on the blocking pool.
+async fn on_store<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 /// Health or readiness as (healthy, problems): the pipeline's when one
 /// runs here, else whether the store answers.
 async fn check(s: &AppState, ready: bool) -> (bool, Vec<String>) {
@@ -207,9 +216,7 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 async fn list_features(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = s.store.clone();
-    let features = tokio::task::spawn_blocking(move || store.features())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let features = on_store(move || Ok(store.features()?)).await?;
     Ok(Json(serde_json::json!({ "features": features })))
 }
 
@@ -233,7 +240,7 @@ async fn get_feature(
         None => now_ms(),
     };
     let store = s.store.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<query::FeatureAnswer, ApiError> {
+    let answer = on_store(move || -> Result<query::FeatureAnswer, ApiError> {
         let f = store
             .feature(&feature)?
             .ok_or_else(|| ApiError::NotFound(format!("no feature named `{feature}`")))?;
@@ -245,8 +252,7 @@ async fn get_feature(
             at_ms,
         )?)
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     Ok(Json(answer))
 }
 
@@ -296,7 +302,7 @@ async fn get_batch(
         }
     };
     let store = s.store.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<query::BatchAnswer, ApiError> {
+    let answer = on_store(move || -> Result<query::BatchAnswer, ApiError> {
         let mut features: Vec<StoredFeature> = Vec::with_capacity(req.features.len());
         let mut unknown = Vec::new();
         for name in &req.features {
@@ -319,7 +325,6 @@ async fn get_batch(
             at_ms,
         )?)
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     Ok(Json(answer))
 }

@@ -443,7 +443,7 @@ impl ScyllaStore {
         let missed: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         match missed.as_slice() {
             [] => {}
-            [i] => out[*i] = Some(self.base(w, &keys[*i]).await?),
+            [i] => out[*i] = Some(self.stored_base(w, &keys[*i]).await?),
             _ => {
                 let (feature_id, entity) = (keys[0].0 as i32, keys[0].1.as_ref());
                 let wanted: Vec<(i64, i64)> =
@@ -479,11 +479,9 @@ impl ScyllaStore {
             .collect())
     }
 
-    /// A partial as stored (cache first), with the entry that last changed it.
-    async fn base(&self, w: &Writer, key: &TileKey) -> Result<(TileAgg, i64), StoreError> {
-        if let Some(hit) = w.cache.get(key) {
-            return Ok(hit);
-        }
+    /// One partial of this writer as stored (one point read), with the
+    /// entry that last changed it.
+    async fn stored_base(&self, w: &Writer, key: &TileKey) -> Result<(TileAgg, i64), StoreError> {
         let row: Option<TileRow> = first_row(
             &self.job,
             &self.st.read_tile,

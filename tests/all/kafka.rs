@@ -205,6 +205,11 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
 /// joining): the first loses partitions mid-stream, rolls back to its last
 /// checkpoint, and the second starts them at the committed offsets. The
 /// tiles still count each event exactly once.
+///
+/// Ordered by what the hosts report, not by sleeps: the second host starts
+/// once the first has read records, records keep arriving in small chunks
+/// (so neither host goes idle) until the first has rolled back and the
+/// second holds partitions, then the rest is produced.
 #[test]
 fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +217,9 @@ fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
     support::kafka_topic(topic, PARTITIONS);
     let events = support::events(31, 150_000, 3 * 3_600_000, 1_000, None);
     let (msgs, _) = messages(&events, None);
-    support::kafka_produce(topic, &msgs);
+    let (head, rest) = msgs.split_at(msgs.len() * 3 / 10);
+    let (mut trickle, tail) = rest.split_at(rest.len() * 2 / 3);
+    support::kafka_produce(topic, head);
     let cfg_text = kafka_config(
         dir.path(),
         topic,
@@ -222,10 +229,29 @@ fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
     let cfg = tessera::Config::parse(&cfg_text).unwrap();
     let store = tessera::stores::open(&cfg.store).unwrap();
     let mut first = tessera::Pipeline::build(cfg.clone(), store.clone()).unwrap();
+    let first_board = first.status_board();
     let a = std::thread::spawn(move || first.run(&mut |_| {}).unwrap());
-    std::thread::sleep(Duration::from_millis(2_500));
+    support::wait_until(Duration::from_secs(60), "the first host to read", || {
+        first_board.read().records_in > 0
+    });
     let mut second = tessera::Pipeline::build(cfg, store.clone()).unwrap();
+    let second_board = second.status_board();
     let b = std::thread::spawn(move || second.run(&mut |_| {}).unwrap());
+    while first_board.read().rollbacks == 0 || second_board.read().partitions.is_empty() {
+        assert!(
+            !trickle.is_empty(),
+            "no rebalance while {} records trickled in: first {:?}, second {:?}",
+            rest.len() - tail.len(),
+            first_board.read(),
+            second_board.read()
+        );
+        let (chunk, later) = trickle.split_at(trickle.len().min(1_000));
+        support::kafka_produce(topic, chunk);
+        trickle = later;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    support::kafka_produce(topic, trickle);
+    support::kafka_produce(topic, tail);
     let (sa, sb) = (a.join().unwrap(), b.join().unwrap());
     assert!(
         sa.rollbacks >= 1,

@@ -165,6 +165,7 @@ fn random_checkpoint(feature_id: u32, rng: &mut Rng, n: u64) -> (Checkpoint, Vec
     }
     let checkpoint = Checkpoint {
         pipeline: "conformance".into(),
+        instance: String::new(),
         deltas: TileDeltas::from_unsorted(deltas),
         positions: vec![
             ("file:input".into(), (n + 1).to_be_bytes().to_vec()),
@@ -388,6 +389,7 @@ fn a_second_writer_over_the_same_positions_is_fenced_and_writes_nothing() {
         // ... so B's checkpoint over the same input is refused.
         let stale = Checkpoint {
             pipeline: "conformance".into(),
+            instance: String::new(),
             deltas: TileDeltas::from_unsorted(vec![(
                 id,
                 b"e1".to_vec(),
@@ -404,6 +406,7 @@ fn a_second_writer_over_the_same_positions_is_fenced_and_writes_nothing() {
         // A checkpoint over other positions goes through.
         let other = Checkpoint {
             pipeline: "conformance".into(),
+            instance: String::new(),
             deltas: TileDeltas::from_unsorted(
                 SIZES_MS
                     .iter()
@@ -419,6 +422,100 @@ fn a_second_writer_over_the_same_positions_is_fenced_and_writes_nothing() {
             value: 2.5,
         });
         check_tiles_and_windows(server.name, a.as_ref(), &f, &all, 8);
+    }
+}
+
+/// [`random_checkpoint`] number `n` of one host `instance`, moving the
+/// source position `key` to `n` and the instance's own dead-letter length.
+fn instance_checkpoint(
+    feature_id: u32,
+    rng: &mut Rng,
+    instance: &str,
+    key: &str,
+    n: u64,
+) -> (Checkpoint, Vec<Update>) {
+    let (mut cp, updates) = random_checkpoint(feature_id, rng, n);
+    cp.instance = instance.into();
+    cp.positions = vec![
+        (key.into(), n.to_be_bytes().to_vec()),
+        (format!("dead-letter@{instance}"), n.to_be_bytes().to_vec()),
+    ];
+    (cp, updates)
+}
+
+/// Several host instances over one pipeline (one consumer group, one
+/// log): each keeps its own partials, so two committing at once over the
+/// same tiles lose nothing; a partition taken over by another instance
+/// fences whichever commits it without having read the other's last entry
+/// (a zombie that has not seen the rebalance); and an entry that a dead
+/// instance logged but never applied is applied by the partition's next reader.
+#[test]
+fn instances_of_one_pipeline_keep_their_own_partials_and_a_zombie_is_fenced() {
+    for server in servers::cql_servers() {
+        let section = server.store_section("instances");
+        let (a, b) = (open_cql(&section), open_cql(&section));
+        let defs = [feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)];
+        let id = a.register_features(&defs).unwrap()[0];
+        assert_eq!(b.register_features(&defs).unwrap(), vec![id]);
+        // 1. Both commit at once, partitions 0 and 1, over the same tiles.
+        let run = |store: Arc<ScyllaStore>, instance: &'static str, key: &'static str, seed| {
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed);
+                let mut updates = Vec::new();
+                for n in 1..=8 {
+                    let (cp, mut u) = instance_checkpoint(id, &mut rng, instance, key, n);
+                    store.commit(&cp).unwrap();
+                    updates.append(&mut u);
+                }
+                updates
+            })
+        };
+        let (ta, tb) = (
+            run(a.clone(), "a", "kafka:t:0", 41),
+            run(b.clone(), "b", "kafka:t:1", 42),
+        );
+        let mut all = ta.join().unwrap();
+        all.append(&mut tb.join().unwrap());
+        let f = b.feature("sum").unwrap().unwrap();
+        check_tiles_and_windows(server.name, b.as_ref(), &f, &all, 20);
+
+        // 2. B takes partition 0 over and reads where A left it ...
+        let at = |n: u64| Some(n.to_be_bytes().to_vec());
+        assert_eq!(b.position("conformance", "kafka:t:0").unwrap(), at(8));
+        // ... A, a zombie that has not seen the rebalance, commits it once more ...
+        let mut rng = Rng(43);
+        let (cp, mut u) = instance_checkpoint(id, &mut rng, "a", "kafka:t:0", 9);
+        a.commit(&cp).unwrap();
+        all.append(&mut u);
+        // ... so B's checkpoint from its stale read is refused, writing nothing;
+        let (cp, _) = instance_checkpoint(id, &mut rng, "b", "kafka:t:0", 9);
+        let err = b.commit(&cp).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        // read again (the pipeline rolls back), it goes on from A's last ...
+        assert_eq!(b.position("conformance", "kafka:t:0").unwrap(), at(9));
+        let (cp, mut u) = instance_checkpoint(id, &mut rng, "b", "kafka:t:0", 10);
+        b.commit(&cp).unwrap();
+        all.append(&mut u);
+        // ... and now the zombie is the one fenced.
+        let (cp, _) = instance_checkpoint(id, &mut rng, "a", "kafka:t:0", 10);
+        let err = a.commit(&cp).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        check_tiles_and_windows(server.name, a.as_ref(), &f, &all, 21);
+        assert_eq!(a.position("conformance", "kafka:t:0").unwrap(), at(10));
+
+        // 3. A logs a checkpoint of partition 2 and dies before applying it:
+        // B, taking the partition over, applies it before it reads.
+        let (cp, mut u) = instance_checkpoint(id, &mut rng, "a", "kafka:t:2", 1);
+        a.commit_log_only(&cp).unwrap();
+        all.append(&mut u);
+        drop(a);
+        assert_eq!(b.position("conformance", "kafka:t:2").unwrap(), at(1));
+        check_tiles_and_windows(server.name, b.as_ref(), &f, &all, 22);
+        let (cp, mut u) = instance_checkpoint(id, &mut rng, "b", "kafka:t:2", 2);
+        b.commit(&cp).unwrap();
+        all.append(&mut u);
+        let reopened = open_cql(&section);
+        check_tiles_and_windows(server.name, reopened.as_ref(), &f, &all, 23);
     }
 }
 
@@ -440,6 +537,7 @@ fn tiles_expire_with_their_features_retention() {
         store
             .commit(&Checkpoint {
                 pipeline: "ttl".into(),
+                instance: String::new(),
                 deltas: TileDeltas::from_unsorted(deltas),
                 positions: vec![],
             })

@@ -35,7 +35,7 @@ pub enum StoreError {
     InvalidCheckpoint(String),
     #[error("CQL store, {op}: {message}")]
     Cql { op: &'static str, message: String },
-    #[error("another host committed `{key}` of writer `{writer}` since this one last read it (two hosts run one pipeline's input): nothing was written; re-read from the committed positions")]
+    #[error("another host committed `{key}` of pipeline `{writer}` since this one last read it (a rebalance not seen here yet, two hosts over one input, or two processes under one pipeline.instance): nothing was written; re-read from the committed positions")]
     Fenced { writer: String, key: String },
     #[error("feature `{name}` is already registered with a different definition: stored {stored}, new {new}")]
     FeatureConflict {
@@ -77,9 +77,31 @@ pub type TileRun = Vec<(i64, TileAgg)>;
 #[derive(Debug, Default)]
 pub struct Checkpoint {
     pub pipeline: String,
+    /// The host instance committing it, when several hosts run the pipeline
+    /// (`pipeline.instance`); empty for a single host. On a shared store
+    /// each instance keeps its own partial of a tile.
+    pub instance: String,
     pub deltas: TileDeltas,
     /// Opaque source positions by source key (e.g. a file path).
     pub positions: Vec<(String, Vec<u8>)>,
+}
+
+impl Checkpoint {
+    /// The name this checkpoint's tile partials are written under: the
+    /// pipeline, or `pipeline@instance`.
+    pub fn author(&self) -> String {
+        author(&self.pipeline, &self.instance)
+    }
+}
+
+/// The name of one instance's tile partials and position keys: the
+/// pipeline, or `pipeline@instance`.
+pub fn author(pipeline: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        pipeline.to_string()
+    } else {
+        format!("{pipeline}@{instance}")
+    }
 }
 
 pub trait TileStore: Send + Sync {

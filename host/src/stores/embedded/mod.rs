@@ -400,6 +400,7 @@ mod tests {
         };
         let cp = Checkpoint {
             pipeline: "p".into(),
+            instance: String::new(),
             deltas: TileDeltas::from_unsorted(vec![
                 delta(60_000, 3),
                 delta(-60_000, 1),
@@ -411,6 +412,7 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
+                instance: String::new(),
                 deltas: TileDeltas::from_unsorted(vec![delta(0, 5)]),
                 positions: vec![("f".into(), b"20".to_vec())],
             })
@@ -467,6 +469,7 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
+                instance: String::new(),
                 deltas: TileDeltas::from_unsorted(vec![(
                     0,
                     b"e".to_vec(),
@@ -520,6 +523,7 @@ mod tests {
             store
                 .commit(&Checkpoint {
                     pipeline: "p".into(),
+                    instance: String::new(),
                     deltas: TileDeltas::from_unsorted(deltas),
                     positions: vec![],
                 })

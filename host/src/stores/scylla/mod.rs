@@ -22,6 +22,12 @@
 //! one by timestamp whatever order they land in; so a crash anywhere only
 //! means the next commit or read of that writer applies the entry again.
 //!
+//! Several host instances of one pipeline share its log; each entry names
+//! its author and changes only that instance's partials. A position key
+//! that another process's entry moved fences this process's checkpoints
+//! over it until it reads the key again, so a partition's entries chain
+//! whatever rebalances and zombie hosts do.
+//!
 //! The job keeps the tiles it writes in a bounded read-through cache
 //! (moka; size and TTL from config): a merge reads the cache and, on a miss,
 //! the store, which holds the truth. The job and the serving API use two
@@ -56,6 +62,10 @@ const CONCURRENT_READS: usize = 64;
 const BATCH_ROWS: usize = 32;
 /// Headers kept in the log behind the newest (older ones are pruned).
 const LOG_KEPT: i64 = 64;
+/// How long an entry of another process may stay unapplied before this one
+/// applies it too (its author is normally applying it; a host that died
+/// after the commit point leaves it to the others).
+const APPLY_GRACE_MICROS: i64 = 30_000_000;
 /// The longest TTL CQL accepts (20 years).
 const MAX_TTL_SECS: u64 = 630_720_000;
 
@@ -95,12 +105,15 @@ struct Header {
     ts: i64,
     positions: Vec<u8>,
     applied: bool,
+    /// Whose partials the entry changes (`pipeline@instance`); `None` for
+    /// the log's writer itself (a single-host pipeline).
+    author: Option<String>,
 }
 
-type HeaderRow = (i64, i64, i32, i64, Vec<u8>, Option<bool>);
+type HeaderRow = (i64, i64, i32, i64, Vec<u8>, Option<bool>, Option<String>);
 
 impl From<HeaderRow> for Header {
-    fn from((seq, attempt, chunks, ts, positions, applied): HeaderRow) -> Self {
+    fn from((seq, attempt, chunks, ts, positions, applied, author): HeaderRow) -> Self {
         Header {
             seq,
             attempt,
@@ -108,14 +121,27 @@ impl From<HeaderRow> for Header {
             ts,
             positions,
             applied: applied.unwrap_or(false),
+            author,
         }
+    }
+}
+
+impl Header {
+    /// The partials this entry changes: its author's, else the writer's.
+    fn author<'a>(&'a self, writer: &'a str) -> &'a str {
+        self.author.as_deref().unwrap_or(writer)
     }
 }
 
 /// A tile of one writer, as the cache keys it.
 type TileKey = (u32, Arc<[u8]>, i64, i64);
 
-/// What this process knows of one writer's log.
+/// Partials of one author as this process last wrote or read them, with
+/// the entry that last changed each.
+type PartialCache = moka::sync::Cache<TileKey, (TileAgg, i64)>;
+
+/// What this process knows of one writer's log (a pipeline's, shared by
+/// every host instance running it).
 struct Writer {
     name: String,
     /// Whether the log tail has been read since the store opened.
@@ -127,8 +153,15 @@ struct Writer {
     attempts: Vec<(i64, i64)>,
     /// Digest of that checkpoint, so a retry of the same one is recognised.
     attempt_digest: Option<u64>,
-    /// This writer's partials, with the entry that last changed each.
-    cache: moka::sync::Cache<TileKey, (TileAgg, i64)>,
+    /// Partials of the authors this process commits as, by author.
+    caches: HashMap<String, PartialCache>,
+    /// Entries of other processes seen unapplied while young (their
+    /// author is applying them), applied here once `APPLY_GRACE_MICROS`
+    /// old; the log is never pruned past them.
+    unapplied: Vec<Header>,
+    /// Position keys that entries of other processes moved since this one
+    /// last read them: a checkpoint moving one of them is fenced.
+    moved_elsewhere: std::collections::HashSet<String>,
 }
 
 struct Statements {
@@ -141,7 +174,7 @@ struct Statements {
     delete_attempt: PreparedStatement,
     insert_header: PreparedStatement,
     log_tail: PreparedStatement,
-    log_newest: PreparedStatement,
+    log_all: PreparedStatement,
     read_header: PreparedStatement,
     mark_applied: PreparedStatement,
     prune_log: PreparedStatement,
@@ -276,43 +309,103 @@ impl ScyllaStore {
                     last_ts: 0,
                     attempts: Vec::new(),
                     attempt_digest: None,
-                    cache: moka::sync::Cache::builder()
-                        .max_capacity(self.cache_cfg.max_tiles)
-                        .time_to_idle(self.cache_cfg.ttl)
-                        .build(),
+                    caches: HashMap::new(),
+                    unapplied: Vec::new(),
+                    moved_elsewhere: Default::default(),
                 }))
             })
             .clone()
     }
 
-    /// Entries of `w`'s log this process has not seen, oldest first; every
-    /// one not yet applied is applied (by whoever wrote it, it is
-    /// complete). On the first call, the newest entries are read and
-    /// nothing counts as unseen.
-    async fn catch_up(&self, w: &mut Writer) -> Result<Vec<Header>, StoreError> {
+    fn partial_cache(&self) -> PartialCache {
+        moka::sync::Cache::builder()
+            .max_capacity(self.cache_cfg.max_tiles)
+            .time_to_idle(self.cache_cfg.ttl)
+            .build()
+    }
+
+    /// Entries of `w`'s log this process has not seen, oldest first. The
+    /// position keys that other processes' entries move are remembered (a
+    /// later checkpoint moving one is fenced until it is read again). An
+    /// entry not yet applied is applied here when it is this process's own
+    /// or a previous process's of the same author, when it is older than
+    /// the grace, or always when `reading` positions (they must be current);
+    /// otherwise its author is still applying it and it is remembered. On
+    /// the first call the whole (pruned) log is read, everything unapplied
+    /// is applied, and nothing counts as unseen.
+    async fn catch_up(&self, w: &mut Writer, reading: bool) -> Result<Vec<Header>, StoreError> {
         const OP: &str = "reading the checkpoint log";
         let rows: Vec<HeaderRow> = if w.initialized {
             rows(&self.job, &self.st.log_tail, (&w.name, w.next_seq), OP).await?
         } else {
-            rows(&self.job, &self.st.log_newest, (&w.name,), OP).await?
+            rows(&self.job, &self.st.log_all, (&w.name,), OP).await?
         };
         let mut headers: Vec<Header> = rows.into_iter().map(Header::from).collect();
         headers.sort_by_key(|h| h.seq);
+        let now = now_micros();
         for h in &headers {
+            let foreign = w.initialized && !w.attempts.contains(&(h.seq, h.attempt));
+            let cached_author = w.caches.contains_key(h.author(&w.name));
+            if foreign {
+                for (key, _) in log::decode_positions(&h.positions)? {
+                    w.moved_elsewhere.insert(key);
+                }
+                if let Some(cache) = w.caches.get(h.author(&w.name)) {
+                    // Another process wrote partials this one caches.
+                    cache.invalidate_all();
+                }
+            }
             if !h.applied {
-                self.apply(w, h, None).await?;
-            } else if w.initialized && !w.attempts.contains(&(h.seq, h.attempt)) {
-                // Another process changed tiles of this writer.
-                w.cache.invalidate_all();
+                if reading || !foreign || cached_author || now - h.ts >= APPLY_GRACE_MICROS {
+                    self.apply(w, h, None).await?;
+                } else {
+                    w.unapplied.push(h.clone());
+                }
             }
             w.next_seq = w.next_seq.max(h.seq + 1);
             w.last_ts = w.last_ts.max(h.ts);
         }
+        self.apply_overdue(w, reading).await?;
         if !w.initialized {
             w.initialized = true;
             return Ok(Vec::new());
         }
         Ok(headers)
+    }
+
+    /// Applies the remembered entries of other processes that are past the
+    /// grace (all of them when `reading`) and still unapplied.
+    async fn apply_overdue(&self, w: &mut Writer, reading: bool) -> Result<(), StoreError> {
+        let now = now_micros();
+        let (due, wait): (Vec<Header>, Vec<Header>) = std::mem::take(&mut w.unapplied)
+            .into_iter()
+            .partition(|h| reading || now - h.ts >= APPLY_GRACE_MICROS);
+        w.unapplied = wait;
+        for (i, h) in due.iter().enumerate() {
+            let result = async {
+                let current: Option<Header> = first_row::<HeaderRow>(
+                    &self.job,
+                    &self.st.read_header,
+                    (&w.name, h.seq),
+                    "reading the checkpoint log",
+                )
+                .await?
+                .map(Header::from);
+                match current {
+                    Some(c) if !c.applied && c.attempt == h.attempt => {
+                        self.apply(w, &c, None).await
+                    }
+                    _ => Ok(()), // applied (or pruned after it was) meanwhile
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                // Still owed: keep them so the log is not pruned past them.
+                w.unapplied.extend(due[i..].iter().cloned());
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Applies one log entry (see the module doc); `tiles` when the caller
@@ -323,6 +416,7 @@ impl ScyllaStore {
         h: &Header,
         tiles: Option<Vec<LoggedTile>>,
     ) -> Result<(), StoreError> {
+        let author = h.author(&w.name);
         let tiles = match tiles {
             Some(t) => t,
             None => match self.read_entry(&w.name, h).await? {
@@ -343,7 +437,7 @@ impl ScyllaStore {
             }
         }
         futures::stream::iter(groups)
-            .map(|g| self.apply_partition(w, h, g))
+            .map(|g| self.apply_partition(w, author, h, g))
             .buffer_unordered(APPLY_CONCURRENCY)
             .try_collect::<()>()
             .await?;
@@ -370,27 +464,35 @@ impl ScyllaStore {
             .await
             .map_err(|e| cql_err("dropping applied chunks", e))?;
         if h.seq % LOG_KEPT == 0 {
+            // Never past an entry still owed by another process.
+            let below = w
+                .unapplied
+                .iter()
+                .map(|u| u.seq)
+                .fold(h.seq - LOG_KEPT, i64::min);
             self.job
-                .execute_unpaged(&self.st.prune_log, (&w.name, h.seq - LOG_KEPT))
+                .execute_unpaged(&self.st.prune_log, (&w.name, below))
                 .await
                 .map_err(|e| cql_err("pruning the checkpoint log", e))?;
         }
         Ok(())
     }
 
-    /// Merges the deltas of one partition into this writer's partials.
+    /// Merges the deltas of one partition into `author`'s partials.
     async fn apply_partition(
         &self,
         w: &Writer,
+        author: &str,
         h: &Header,
         tiles: &[LoggedTile],
     ) -> Result<(), StoreError> {
+        let cache = w.caches.get(author);
         let entity: Arc<[u8]> = Arc::from(tiles[0].entity.as_slice());
         let keys: Vec<TileKey> = tiles
             .iter()
             .map(|t| (t.feature_id, entity.clone(), t.size_ms, t.start))
             .collect();
-        let bases = self.bases(w, &keys).await?;
+        let bases = self.bases(cache, author, &keys).await?;
         let ttl = self.ttl(tiles[0].feature_id).await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::new();
@@ -407,7 +509,7 @@ impl ScyllaStore {
                 &t.entity,
                 t.size_ms,
                 t.start,
-                &w.name,
+                author,
                 v.count as i64,
                 v.sum,
                 v.min,
@@ -428,22 +530,30 @@ impl ScyllaStore {
             .batch(&batch, values)
             .await
             .map_err(|e| cql_err("writing tiles", e))?;
-        for (key, v) in written {
-            w.cache.insert(key, (v, h.seq));
+        if let Some(cache) = cache {
+            for (key, v) in written {
+                cache.insert(key, (v, h.seq));
+            }
         }
         Ok(())
     }
 
-    /// This writer's partials of `keys` (one partition) as stored, each with
+    /// `author`'s partials of `keys` (one partition) as stored, each with
     /// the entry that last changed it: cache first, then the misses with
     /// one multi-column `IN` read (a cold entity's 1m, 30m and 1d tiles cost
     /// one round trip, not three).
-    async fn bases(&self, w: &Writer, keys: &[TileKey]) -> Result<Vec<(TileAgg, i64)>, StoreError> {
-        let mut out: Vec<Option<(TileAgg, i64)>> = keys.iter().map(|k| w.cache.get(k)).collect();
+    async fn bases(
+        &self,
+        cache: Option<&PartialCache>,
+        author: &str,
+        keys: &[TileKey],
+    ) -> Result<Vec<(TileAgg, i64)>, StoreError> {
+        let mut out: Vec<Option<(TileAgg, i64)>> =
+            keys.iter().map(|k| cache.and_then(|c| c.get(k))).collect();
         let missed: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         match missed.as_slice() {
             [] => {}
-            [i] => out[*i] = Some(self.stored_base(w, &keys[*i]).await?),
+            [i] => out[*i] = Some(self.stored_base(author, &keys[*i]).await?),
             _ => {
                 let (feature_id, entity) = (keys[0].0 as i32, keys[0].1.as_ref());
                 let wanted: Vec<(i64, i64)> =
@@ -457,7 +567,7 @@ impl ScyllaStore {
                 .await?;
                 let mine: HashMap<(i64, i64), (TileAgg, i64)> = found
                     .into_iter()
-                    .filter(|r| r.2 == w.name)
+                    .filter(|r| r.2 == author)
                     .map(
                         |(size, start, _, count, sum, min, max, last_time, last, seq)| {
                             (
@@ -479,13 +589,13 @@ impl ScyllaStore {
             .collect())
     }
 
-    /// One partial of this writer as stored (one point read), with the
-    /// entry that last changed it.
-    async fn stored_base(&self, w: &Writer, key: &TileKey) -> Result<(TileAgg, i64), StoreError> {
+    /// One partial of `author` as stored (one point read), with the entry
+    /// that last changed it.
+    async fn stored_base(&self, author: &str, key: &TileKey) -> Result<(TileAgg, i64), StoreError> {
         let row: Option<TileRow> = first_row(
             &self.job,
             &self.st.read_tile,
-            (key.0 as i32, key.1.as_ref(), key.2, key.3, &w.name),
+            (key.0 as i32, key.1.as_ref(), key.2, key.3, author),
             "reading a tile",
         )
         .await?;
@@ -682,6 +792,12 @@ impl ScyllaStore {
             positions.hash(&mut h);
             h.finish()
         };
+        let author = checkpoint_author(w, cp);
+        if !w.caches.contains_key(author.as_deref().unwrap_or(&w.name)) {
+            let cache = self.partial_cache();
+            w.caches
+                .insert(author.clone().unwrap_or_else(|| w.name.clone()), cache);
+        }
         if w.attempt_digest != Some(digest) {
             // A different checkpoint than the one that failed before: an
             // earlier attempt that lands anyway counts as another writer's.
@@ -689,7 +805,7 @@ impl ScyllaStore {
             w.attempt_digest = Some(digest);
         }
         loop {
-            let unseen = self.catch_up(w).await?;
+            let unseen = self.catch_up(w, false).await?;
             if unseen
                 .iter()
                 .any(|h| w.attempts.contains(&(h.seq, h.attempt)))
@@ -698,19 +814,17 @@ impl ScyllaStore {
                 w.attempt_digest = None;
                 return Ok(()); // an earlier try of this checkpoint landed
             }
-            for h in &unseen {
-                let theirs = log::decode_positions(&h.positions)?;
-                if let Some((key, _)) = theirs
-                    .iter()
-                    .find(|(k, _)| cp.positions.iter().any(|(mine, _)| mine == k))
-                {
-                    w.attempts.clear();
-                    w.attempt_digest = None;
-                    return Err(StoreError::Fenced {
-                        writer: w.name.clone(),
-                        key: key.clone(),
-                    });
-                }
+            if let Some((key, _)) = cp
+                .positions
+                .iter()
+                .find(|(k, _)| w.moved_elsewhere.contains(k))
+            {
+                w.attempts.clear();
+                w.attempt_digest = None;
+                return Err(StoreError::Fenced {
+                    writer: w.name.clone(),
+                    key: key.clone(),
+                });
             }
             let seq = w.next_seq;
             let attempt = random_i64();
@@ -731,7 +845,15 @@ impl ScyllaStore {
                 self.job
                     .execute_unpaged(
                         &self.st.insert_header,
-                        (&w.name, seq, attempt, chunks.len() as i32, ts, &positions),
+                        (
+                            &w.name,
+                            seq,
+                            attempt,
+                            chunks.len() as i32,
+                            ts,
+                            &positions,
+                            &author,
+                        ),
                     )
                     .await
                     .map_err(|e| cql_err("committing a checkpoint", e))?,
@@ -753,6 +875,7 @@ impl ScyllaStore {
                 ts,
                 positions,
                 applied: false,
+                author,
             };
             let tiles = cp
                 .deltas
@@ -778,6 +901,13 @@ impl ScyllaStore {
             return self.apply(w, &header, Some(tiles)).await;
         }
     }
+}
+
+/// The author a checkpoint's entry names: `None` when it is the log's
+/// writer itself (a single-host pipeline, as entries were before authors).
+fn checkpoint_author(w: &Writer, cp: &Checkpoint) -> Option<String> {
+    let author = cp.author();
+    (author != w.name).then_some(author)
 }
 
 /// A tile's columns (count, sum, min, max, last_time, last), then one
@@ -873,7 +1003,7 @@ async fn p(
 }
 
 async fn prepare(job: &Session, serving: &Session, ks: &str) -> Result<Statements, StoreError> {
-    let header_cols = "seq, attempt, chunks, ts, positions, applied";
+    let header_cols = "seq, attempt, chunks, ts, positions, applied, author";
     Ok(Statements {
         read_tile: p(job, format!("SELECT count, sum, min, max, last_time, last, applied_seq FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND size_ms = ? AND start_ms = ? AND writer = ?"), true).await?,
         read_tiles_in: p(job, format!("SELECT size_ms, start_ms, writer, count, sum, min, max, last_time, last, applied_seq FROM {ks}.tiles WHERE feature_id = ? AND entity = ? AND (size_ms, start_ms) IN ?"), true).await?,
@@ -882,9 +1012,9 @@ async fn prepare(job: &Session, serving: &Session, ks: &str) -> Result<Statement
         read_chunks: p(job, format!("SELECT chunk, data FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ? AND attempt = ?"), true).await?,
         delete_chunks: p(job, format!("DELETE FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ?"), true).await?,
         delete_attempt: p(job, format!("DELETE FROM {ks}.checkpoint_chunks WHERE writer = ? AND seq = ? AND attempt = ?"), true).await?,
-        insert_header: p(job, format!("INSERT INTO {ks}.checkpoints (writer, seq, attempt, chunks, ts, positions, applied) VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS"), false).await?,
+        insert_header: p(job, format!("INSERT INTO {ks}.checkpoints (writer, seq, attempt, chunks, ts, positions, applied, author) VALUES (?, ?, ?, ?, ?, ?, false, ?) IF NOT EXISTS"), false).await?,
         log_tail: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? AND seq >= ?"), true).await?,
-        log_newest: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? LIMIT 16"), true).await?,
+        log_all: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ?"), true).await?,
         read_header: p(job, format!("SELECT {header_cols} FROM {ks}.checkpoints WHERE writer = ? AND seq = ?"), true).await?,
         mark_applied: p(job, format!("UPDATE {ks}.checkpoints SET applied = true WHERE writer = ? AND seq = ?"), true).await?,
         prune_log: p(job, format!("DELETE FROM {ks}.checkpoints WHERE writer = ? AND seq < ?"), true).await?,
@@ -953,7 +1083,9 @@ impl TileStore for ScyllaStore {
         let writer = self.writer(pipeline);
         let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
         self.block_on(async {
-            self.catch_up(&mut w).await?;
+            self.catch_up(&mut w, true).await?;
+            // Read now: a checkpoint moving it continues from here.
+            w.moved_elsewhere.remove(source_key);
             let row: Option<(Vec<u8>,)> = first_row(
                 &self.job,
                 &self.st.read_position,

@@ -12,7 +12,8 @@ use super::cql_err;
 use crate::stores::StoreError;
 
 /// (version, description, statements); `{ks}` stands for the keyspace.
-pub const MIGRATIONS: &[(i32, &str, &[&str])] = &[(
+pub const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (
     1,
     "tiles as partials per writer, features, checkpoint log, positions",
     &[
@@ -44,7 +45,22 @@ pub const MIGRATIONS: &[(i32, &str, &[&str])] = &[(
         "CREATE TABLE IF NOT EXISTS {ks}.positions (\
             writer text, key text, position blob, PRIMARY KEY (writer, key))",
     ],
+), (
+    2,
+    "checkpoint entries name their author (one pipeline, several host instances)",
+    &[
+        // The instance whose partials an entry changes (`pipeline@instance`);
+        // null in entries of a single-host pipeline (the writer itself).
+        "ALTER TABLE {ks}.checkpoints ADD author text",
+    ],
 )];
+
+/// Whether a schema change failed only because another host made it first
+/// (CQL has no `ADD IF NOT EXISTS` on every server).
+fn already_done(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("conflicts with an existing column") || m.contains("already exist")
+}
 
 /// Creates the keyspace if missing and applies the migrations it lacks.
 pub async fn migrate(
@@ -94,7 +110,12 @@ pub async fn migrate(
             continue;
         }
         for s in *statements {
-            run(s.replace("{ks}", keyspace)).await?;
+            match run(s.replace("{ks}", keyspace)).await {
+                Err(StoreError::Cql { message, .. }) if already_done(&message) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         session
             .query_unpaged(

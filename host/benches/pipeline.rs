@@ -178,6 +178,7 @@ fn commit(tiler: &mut Tiler, store: &EmbeddedStore) -> u64 {
     let written = deltas.len() as u64;
     let checkpoint = Checkpoint {
         pipeline: "bench".into(),
+        instance: String::new(),
         deltas,
         positions: vec![],
     };

@@ -55,17 +55,30 @@ fn kafka_config_with(
 }
 
 /// `tessera run --serve --json` over the config at `path`, killed if the
-/// test fails.
+/// test fails; its log goes to [`host_log`].
 fn serving_host(path: &Path) -> support::KillOnDrop {
+    let log = std::fs::File::create(host_log(path)).unwrap();
     support::KillOnDrop(Some(
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["run", "--serve", "--json", "--config"])
             .arg(path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     ))
+}
+
+/// Where [`serving_host`] over the config at `path` logs.
+fn host_log(path: &Path) -> std::path::PathBuf {
+    path.with_extension("log")
+}
+
+/// The last `n` lines of a host's log, for a failure message.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(host_log(path)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A message to produce: (partition, key, payload).
@@ -262,6 +275,85 @@ fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
         "the second host read its partitions: {sb:?}"
     );
     crate::windows::check_windows(store.as_ref(), &events, 37, 300);
+}
+
+/// `/v1/status` of the host whose API listens on `api` (`Null` while it
+/// does not answer).
+fn status(api: &str) -> serde_json::Value {
+    support::http_get(api, "/v1/status")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Two host processes in one consumer group over one CQL store, each its
+/// own instance (own tile partials, own dead letter): both read; one is
+/// SIGKILLed mid-stream; the other is given its partitions once the group
+/// notices (the session timeout) and starts them at the positions the dead
+/// one committed, applying its last logged checkpoint if it died before
+/// applying it. The tiles count every event exactly once.
+#[test]
+fn two_hosts_in_one_group_one_killed_mid_stream_and_the_other_takes_over() {
+    let topic = "events-two-hosts";
+    support::kafka_topic(topic, PARTITIONS);
+    let events = support::events(53, 20_000, 3 * 3_600_000, 1_000, None);
+    let (msgs, _) = messages(&events, None);
+    let (first, second) = msgs.split_at(msgs.len() / 2);
+    let store = crate::servers::cassandra().store_section("twohosts");
+    let host = |instance: &str, idle_exit: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let api = format!("127.0.0.1:{}", support::free_port());
+        let cfg = kafka_config_with(
+            dir.path(),
+            topic,
+            &group_source(support::kafka_bootstrap(), idle_exit, ""),
+            &format!("instance = \"{instance}\"\ncheckpoint_interval = \"200ms\""),
+            &format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\""),
+        )
+        .replace(&support::embedded_store(dir.path()), &store);
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let child = serving_host(&path);
+        (dir, path, api, child)
+    };
+    support::kafka_produce(topic, first);
+    let (_dir_a, path_a, api_a, mut a) = host("a", None);
+    // B outlasts A's session (6 s) before it ends idle.
+    let (_dir_b, path_b, api_b, b) = host("b", Some("10s"));
+    support::wait_until(
+        Duration::from_secs(180),
+        "both hosts to read, and A to commit",
+        || {
+            let (sa, sb) = (status(&api_a), status(&api_b));
+            sa["checkpoints"].as_u64() >= Some(1)
+                && sa["records_in"].as_u64() > Some(0)
+                && sb["records_in"].as_u64() > Some(0)
+        },
+    );
+    support::kafka_produce(topic, second);
+    let killed = support::kill_after(a.0.take().unwrap(), Duration::from_millis(300));
+    assert!(killed, "A was still running when killed");
+    // B's input ends idle; it serves on until interrupted.
+    let started = std::time::Instant::now();
+    while status(&api_b)["state"] != "stopped" {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "B did not end idle: {}\n--- A's log:\n{}\n--- B's log:\n{}",
+            status(&api_b),
+            log_tail(&path_a, 30),
+            log_tail(&path_b, 60)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = b.interrupt_and_wait();
+    assert!(out.status.success(), "B stopped cleanly");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stats["rollbacks"].as_u64() >= Some(1),
+        "B was given A's partitions (a rebalance): {stats}"
+    );
+    let cfg = tessera::Config::load(&path_b).unwrap();
+    let store = tessera::stores::open(&cfg.store).unwrap();
+    crate::windows::check_windows(store.as_ref(), &events, 59, 300);
 }
 
 /// One partition stalls after a few early events while the other keeps

@@ -256,6 +256,11 @@ pub struct PipelineConfig {
     /// ... or after this much time, whichever comes first.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// This host's name among several running the pipeline in one consumer
+    /// group over a shared (CQL) store: each instance keeps its own tile
+    /// partials, dead-letter and output state. Empty: a single host.
+    #[serde(default)]
+    pub instance: String,
 }
 
 fn default_pipeline_name() -> String {
@@ -278,6 +283,7 @@ impl Default for PipelineConfig {
             batch_size: default_batch_size(),
             checkpoint_events: default_checkpoint_events(),
             checkpoint_interval: default_checkpoint_interval(),
+            instance: String::new(),
         }
     }
 }
@@ -777,6 +783,12 @@ impl Config {
                 p.name
             ));
         }
+        if !p.instance.is_empty() && !valid_name(&p.instance) {
+            problems.push(format!(
+                "pipeline.instance `{}` must be letters, digits, - or _",
+                p.instance
+            ));
+        }
         if !(1..=65_536).contains(&p.batch_size) {
             problems.push(format!(
                 "pipeline.batch_size {} must be between 1 and 65536",
@@ -942,6 +954,30 @@ mod tests {
             panic!("expected invalid")
         };
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn pipeline_instance_is_optional_and_checked() {
+        let base = r#"
+            source = { type = "file", path = "in.ndjson" }
+            parser = { name = "json", path = "p.wasm" }
+            [[features]]
+            name = "counter"
+            path = "c.wasm"
+        "#;
+        assert_eq!(Config::parse(base).unwrap().pipeline.instance, "");
+        let named = format!("pipeline = {{ instance = \"host-a\" }}\n{base}");
+        assert_eq!(Config::parse(&named).unwrap().pipeline.instance, "host-a");
+        let bad = format!("pipeline = {{ instance = \"host a@1\" }}\n{base}");
+        let Err(ConfigError::Invalid(problems)) = Config::parse(&bad) else {
+            panic!("expected invalid")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("pipeline.instance `host a@1`")),
+            "{problems:?}"
+        );
     }
 
     #[test]

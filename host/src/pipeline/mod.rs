@@ -43,7 +43,7 @@ use crate::record::{
 use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
-use crate::stores::{Checkpoint, StoredFeature, TileStore};
+use crate::stores::{Checkpoint, StoreError, StoredFeature, TileStore};
 use crate::telemetry::status::{StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
@@ -53,7 +53,8 @@ fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, Pip
     for o in &cfg.outputs {
         match o {
             OutputConfig::Smb(c) => {
-                let state = store.position(&cfg.pipeline.name, &SmbSink::state_key(&c.name))?;
+                let key = instance_key(cfg, &SmbSink::state_key(&c.name));
+                let state = store.position(&cfg.pipeline.name, &key)?;
                 outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
                     PipelineError::Output {
                         output: c.name.clone(),
@@ -81,6 +82,18 @@ fn committed_len(
 /// Position keys under which the sinks' committed lengths are stored.
 const DEAD_LETTER_KEY: &str = "sink:dead-letter";
 const SIDE_OUTPUT_KEY: &str = "sink:side-output";
+
+/// The position key of this host's own state (a sink's length, an
+/// output's state): `base`, or `base@instance` when several instances run
+/// the pipeline (each has its own files). Every checkpoint moves these, so
+/// a second process under the same instance name is fenced.
+fn instance_key(cfg: &Config, base: &str) -> String {
+    if cfg.pipeline.instance.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}@{}", cfg.pipeline.instance)
+    }
+}
 
 /// A feature plugin and the store-wide definitions of its features.
 struct FeatureStage {
@@ -266,7 +279,8 @@ impl Pipeline {
             .collect();
 
         let source = sources::build(&cfg.source, &store, &cfg.pipeline.name)?;
-        let committed = |key| committed_len(store.as_ref(), &cfg.pipeline.name, key);
+        let committed =
+            |key| committed_len(store.as_ref(), &cfg.pipeline.name, &instance_key(&cfg, key));
         let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed(DEAD_LETTER_KEY)?)?;
         let side_output = NdjsonSink::resume(&cfg.side_output.path, committed(SIDE_OUTPUT_KEY)?)?;
         let outputs = open_outputs(&cfg, store.as_ref())?;
@@ -398,28 +412,41 @@ impl Pipeline {
                     source,
                 }
             })?;
-            output_states.push(state);
+            output_states.push((instance_key(&self.cfg, &state.0), state.1));
         }
         self.dead_letter.sync()?;
         self.side_output.sync()?;
         let deltas = self.tiler.drain();
         let mut positions = self.source.positions();
         positions.push((
-            DEAD_LETTER_KEY.into(),
+            instance_key(&self.cfg, DEAD_LETTER_KEY),
             self.dead_letter.committed_len().to_be_bytes().to_vec(),
         ));
         positions.push((
-            SIDE_OUTPUT_KEY.into(),
+            instance_key(&self.cfg, SIDE_OUTPUT_KEY),
             self.side_output.committed_len().to_be_bytes().to_vec(),
         ));
         positions.extend(output_states);
         self.stats.tiles_written += deltas.len() as u64;
         let checkpoint = Checkpoint {
             pipeline: self.cfg.pipeline.name.clone(),
+            instance: self.cfg.pipeline.instance.clone(),
             deltas,
             positions,
         };
-        self.commit_retrying(&checkpoint)?;
+        if let Err(e) = self.commit_retrying(&checkpoint) {
+            if !matches!(e, PipelineError::Store(StoreError::Fenced { .. }))
+                || !self.source.rewind()
+            {
+                return Err(e);
+            }
+            // Another host moved one of these positions since this one read
+            // it (a rebalance it has not seen yet): start over from what is
+            // committed, as after a revocation.
+            tracing::warn!(error = %e, "checkpoint fenced; rolled back to the committed positions");
+            self.stats.fenced += 1;
+            return self.roll_back();
+        }
         self.source.committed();
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
@@ -460,10 +487,14 @@ impl Pipeline {
     fn roll_back(&mut self) -> Result<(), PipelineError> {
         self.tiler = Tiler::new();
         let name = &self.cfg.pipeline.name;
+        let (dead_letter, side_output) = (
+            instance_key(&self.cfg, DEAD_LETTER_KEY),
+            instance_key(&self.cfg, SIDE_OUTPUT_KEY),
+        );
         self.dead_letter
-            .roll_back(committed_len(self.store.as_ref(), name, DEAD_LETTER_KEY)?)?;
+            .roll_back(committed_len(self.store.as_ref(), name, &dead_letter)?)?;
         self.side_output
-            .roll_back(committed_len(self.store.as_ref(), name, SIDE_OUTPUT_KEY)?)?;
+            .roll_back(committed_len(self.store.as_ref(), name, &side_output)?)?;
         // Close the old ones first: they hold the journals' files.
         self.outputs.clear();
         let outputs = open_outputs(&self.cfg, self.store.as_ref())?;

@@ -26,8 +26,12 @@ pub struct RunStats {
     pub output_records: u64,
     pub output_partitions: u64,
     pub checkpoints: u64,
-    /// Times the pipeline went back to its last checkpoint (rebalances).
+    /// Times the pipeline went back to its last checkpoint (rebalances,
+    /// fenced checkpoints).
     pub rollbacks: u64,
+    /// Checkpoints refused because another host had moved one of their
+    /// positions (then rolled back and re-read).
+    pub fenced: u64,
     /// Commits retried because the store was unreachable or slow.
     pub store_retries: u64,
     #[serde(with = "secs")]

@@ -83,6 +83,13 @@ pub trait Source: Send {
     /// committed with their tiles (Kafka also tells its group, advisory).
     fn committed(&mut self) {}
 
+    /// Goes back to the committed positions of everything it reads, after a
+    /// checkpoint was fenced (another host moved one of its positions).
+    /// `false` when the source cannot, and the pipeline stops instead.
+    fn rewind(&mut self) -> bool {
+        false
+    }
+
     /// Health, readiness and per-partition positions for the status page.
     fn status(&self) -> SourceStatus {
         SourceStatus {

@@ -87,6 +87,8 @@ pub struct PipelineStatus {
     pub dead_lettered: u64,
     pub checkpoints: u64,
     pub rollbacks: u64,
+    /// Checkpoints fenced by another host (see `RunStats::fenced`).
+    pub fenced: u64,
     /// The pipeline's event-time watermark.
     pub watermark: Option<i64>,
     pub partitions: Vec<PartitionStatus>,
@@ -256,6 +258,7 @@ impl StatusReporter {
             dead_lettered: stats.dead_lettered,
             checkpoints: stats.checkpoints,
             rollbacks: stats.rollbacks,
+            fenced: stats.fenced,
             watermark: watermarks.last(),
             partitions,
             updated_at: now_ms(),
@@ -275,6 +278,8 @@ fn set_metrics(s: &PipelineStatus) {
         .absolute(s.dead_lettered);
     metrics::counter!("tessera_checkpoints_total", "pipeline" => p.clone()).absolute(s.checkpoints);
     metrics::counter!("tessera_rollbacks_total", "pipeline" => p.clone()).absolute(s.rollbacks);
+    metrics::counter!("tessera_fenced_checkpoints_total", "pipeline" => p.clone())
+        .absolute(s.fenced);
     metrics::gauge!("tessera_healthy", "pipeline" => p.clone()).set(f64::from(u8::from(s.healthy)));
     if let Some(w) = s.watermark {
         metrics::gauge!("tessera_watermark_milliseconds", "pipeline" => p.clone()).set(w as f64);

@@ -374,6 +374,7 @@ mod tests {
         store
             .commit(&Checkpoint {
                 pipeline: "p".into(),
+                instance: String::new(),
                 deltas: Default::default(),
                 positions: src.positions(),
             })

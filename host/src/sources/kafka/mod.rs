@@ -451,6 +451,11 @@ impl Source for KafkaSource {
         false
     }
 
+    fn rewind(&mut self) -> bool {
+        self.roll_back();
+        true
+    }
+
     fn committed(&mut self) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), next) in &self.next {

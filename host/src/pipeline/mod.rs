@@ -354,6 +354,9 @@ impl Pipeline {
                 last_checkpoint = Instant::now();
                 continue;
             }
+            for (topic, partition) in self.source.assigned() {
+                self.watermarks.hold(&topic, partition);
+            }
             if !batch.raw.offsets.is_empty() || !batch.read_errors.is_empty() {
                 let now = Instant::now();
                 first_record.get_or_insert(now);

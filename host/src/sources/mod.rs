@@ -83,6 +83,13 @@ pub trait Source: Send {
     /// committed with their tiles (Kafka also tells its group, advisory).
     fn committed(&mut self) {}
 
+    /// The partitions it has been given (Kafka: the group's assignment);
+    /// each holds the watermark until it delivers. Empty for sources that
+    /// hand out one partition at a time.
+    fn assigned(&self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
+
     /// Goes back to the committed positions of everything it reads, after a
     /// checkpoint was fenced (another host moved one of its positions).
     /// `false` when the source cannot, and the pipeline stops instead.

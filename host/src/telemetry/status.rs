@@ -231,7 +231,7 @@ impl StatusReporter {
                 let next_offset = from_source.and_then(|p| p.next_offset);
                 let high_watermark = from_source.and_then(|p| p.high_watermark);
                 let lag = high_watermark.map(|h| (h - next_offset.unwrap_or(0)).max(0));
-                let (watermark, idle) = marks.get(&key).copied().unzip();
+                let (watermark, idle) = marks.get(&key).copied().unwrap_or((None, false));
                 PartitionStatus {
                     topic: key.0,
                     partition: key.1,
@@ -239,7 +239,7 @@ impl StatusReporter {
                     high_watermark,
                     lag,
                     watermark,
-                    idle: idle.unwrap_or(false),
+                    idle,
                     records,
                     records_per_second: rate,
                 }

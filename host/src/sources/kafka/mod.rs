@@ -451,6 +451,10 @@ impl Source for KafkaSource {
         false
     }
 
+    fn assigned(&self) -> Vec<(String, i32)> {
+        self.consumer.context().assigned()
+    }
+
     fn rewind(&mut self) -> bool {
         self.roll_back();
         true

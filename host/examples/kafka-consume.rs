@@ -2,6 +2,10 @@
 //! nothing with the messages: the ceiling a consumer on this machine gets
 //! from the broker, for `scripts/bench-kafka.sh`. Prints records/s from the
 //! first message to the last. Usage: kafka-consume BOOTSTRAP TOPIC COUNT [KEY=VALUE...]
+//!
+//! With `CONSUME_BATCH=N` it assigns every partition itself (no group
+//! rebalances) and reads N messages per `rd_kafka_consume_batch_queue`
+//! call instead of one per poll: what batch consumption would save.
 
 use std::time::{Duration, Instant};
 

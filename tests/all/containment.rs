@@ -184,6 +184,67 @@ fn quarantine_with_dead_letter_action_keeps_the_pipeline_running() {
     crate::windows::check_windows(store.as_ref(), &events, 9, 100);
 }
 
+/// With `runtime.cache_dir`, a plugin is compiled once: the next runtime
+/// loads the compiled file (not rewritten), a cache file that is garbage
+/// is compiled again and replaced, and other engine settings get a file of
+/// their own.
+#[test]
+fn compiled_plugins_are_cached_and_a_bad_cache_file_is_compiled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let settings = RuntimeConfig {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeConfig::default()
+    };
+    let src = PluginSource {
+        name: "parser".into(),
+        version: None,
+        bytes: std::fs::read(support::plugin("json_parser")).unwrap(),
+        config_json: "{}".into(),
+        quotas: Default::default(),
+        quarantine: Default::default(),
+    };
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut f: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        f.sort();
+        f
+    };
+    let load = |settings: &RuntimeConfig| {
+        let rt = PluginRuntime::new(settings).unwrap();
+        rt.load_parser(&src).map(|_| ()).unwrap();
+    };
+    load(&settings);
+    let first = files();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].extension().is_some_and(|e| e == "cwasm"));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let written_at = modified(&first[0]);
+    load(&settings);
+    assert_eq!(files(), first);
+    assert_eq!(
+        modified(&first[0]),
+        written_at,
+        "loaded, not compiled again"
+    );
+    std::fs::write(&first[0], b"not a compiled component").unwrap();
+    load(&settings);
+    assert_eq!(files(), first);
+    assert!(
+        std::fs::metadata(&first[0]).unwrap().len() > 1_000,
+        "replaced"
+    );
+    load(&settings);
+    let other = RuntimeConfig {
+        fuel: false,
+        ..settings.clone()
+    };
+    load(&other);
+    assert_eq!(files().len(), 2, "other engine settings, another file");
+}
+
 #[test]
 fn bad_components_are_rejected_at_load_with_a_reason() {
     let rt = PluginRuntime::new(&RuntimeConfig::default()).unwrap();

@@ -154,9 +154,60 @@ impl PluginRuntime {
                 "this is a core WebAssembly module; build a component (cargo build --target wasm32-wasip2)".into(),
             ));
         }
-        let component = Component::new(&self.engine, &src.bytes)
-            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
+        let component = self.component(&src.bytes)?;
         Ok((component, meta))
+    }
+
+    /// Compiles a component, or with `runtime.cache_dir` loads what an
+    /// earlier run compiled from the same bytes under the same engine
+    /// settings (a file named by both hashes). A cache file that cannot be
+    /// used (truncated, another wasmtime) is compiled again and replaced;
+    /// a cache that cannot be written only costs the next start a compile.
+    fn component(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let compile = || {
+            Component::new(&self.engine, bytes)
+                .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))
+        };
+        let Some(dir) = &self.settings.cache_dir else {
+            return compile();
+        };
+        let engine_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            h.finish()
+        };
+        let digest: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = dir.join(format!("{digest}-{engine_hash:016x}.cwasm"));
+        if path.exists() {
+            // SAFETY: the cache directory holds only what `serialize` below
+            // wrote for this engine (the operator's directory, as trusted as
+            // the plugins themselves); wasmtime checks the version and
+            // settings in the file's header and refuses a mismatch.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "compiled plugin cache unusable; compiling again")
+                }
+            }
+        }
+        let component = compile()?;
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|data| {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                let tmp = dir.join(format!(".{digest}-{}.tmp", std::process::id()));
+                std::fs::write(&tmp, data).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot cache the compiled plugin");
+        }
+        Ok(component)
     }
 
     /// Compiles `src`, type-checks it against `kind`'s world (`linker` plus

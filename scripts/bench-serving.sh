@@ -14,7 +14,8 @@
 # same calls again on the same idle process. Prints p50/p99 of each and the
 # under-ingestion/idle p99 ratio; a phase whose backfill ended before its
 # calls did is flagged. Usage: scripts/bench-serving.sh [N] [COUNT]
-# (STORES="embedded" or "cassandra" runs one store alone.)
+# (STORES="embedded" or "cassandra" runs one store alone; WRITE_CONCURRENCY
+# sets the CQL store's store.write_concurrency, default 2.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -99,7 +100,7 @@ for store in ${STORES:-embedded cassandra}; do
       kill -0 $node 2>/dev/null || { echo "Cassandra did not start:"; tail -20 "$work/cassandra.log"; exit 1; }
       sleep 1
     done
-    section=$(printf '[store]\ntype = "scylla"\ncontact_points = ["127.0.0.1:%s"]\nkeyspace = "bench"\n[store.job]\nusername = "cassandra"\npassword = "cassandra"\n[store.serving]\nusername = "cassandra"\npassword = "cassandra"' "$cql_port")
+    section=$(printf '[store]\ntype = "scylla"\ncontact_points = ["127.0.0.1:%s"]\nkeyspace = "bench"\nwrite_concurrency = %s\n[store.job]\nusername = "cassandra"\npassword = "cassandra"\n[store.serving]\nusername = "cassandra"\npassword = "cassandra"' "$cql_port" "${WRITE_CONCURRENCY:-2}")
   fi
   port=$(free_port)
   config "$section" "$store-load" "$work/load.ndjson" "$port" > "$work/$store-load.toml"

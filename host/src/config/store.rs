@@ -74,6 +74,16 @@ pub struct ScyllaConfig {
     /// The job's read-through cache of the tiles it writes.
     #[serde(default)]
     pub cache: TileCacheConfig,
+    /// Tile partitions the job merges and writes at once. More ingests a
+    /// little faster; fewer leaves the cluster to serving reads (on
+    /// Cassandra, which has no service levels, the main isolation knob:
+    /// BENCHMARKS.md has the measurements behind the default).
+    #[serde(default = "default_write_concurrency")]
+    pub write_concurrency: usize,
+}
+
+fn default_write_concurrency() -> usize {
+    2
 }
 
 fn default_keyspace() -> String {
@@ -313,6 +323,12 @@ impl ScyllaConfig {
     }
 
     fn validate(&self, problems: &mut Vec<String>) {
+        if !(1..=1024).contains(&self.write_concurrency) {
+            problems.push(format!(
+                "store.write_concurrency {} must be between 1 and 1024",
+                self.write_concurrency
+            ));
+        }
         if self.contact_points.is_empty() {
             problems.push("store.contact_points must name at least one node".into());
         }
@@ -371,6 +387,7 @@ mod tests {
         // A partial [store.serving] keeps the serving defaults, not the job's.
         assert_eq!(s.serving.request_timeout, Duration::from_secs(2));
         assert_eq!(s.serving.shares, Some(1000));
+        assert_eq!(s.write_concurrency, 2);
         assert_eq!(
             s.replication_cql(),
             "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"
@@ -383,7 +400,7 @@ mod tests {
             .contains("NO_SUCH_VARIABLE_HERE"));
 
         let bad = parse(
-            "[store]\ntype = \"scylla\"\ncontact_points = []\nkeyspace = \"1-bad\"\nreplication_factor = 0\n[store.job]\npassword = \"x\"\npassword_env = \"Y\"\nshares = 5000\n[store.cache]\nmax_tiles = 0\n",
+            "[store]\ntype = \"scylla\"\ncontact_points = []\nkeyspace = \"1-bad\"\nreplication_factor = 0\nwrite_concurrency = 0\n[store.job]\npassword = \"x\"\npassword_env = \"Y\"\nshares = 5000\n[store.cache]\nmax_tiles = 0\n",
         );
         let p = problems(&bad).join("\n");
         for expected in [
@@ -394,6 +411,7 @@ mod tests {
             "needs a username",
             "store.job.shares",
             "max_tiles",
+            "store.write_concurrency 0",
         ] {
             assert!(p.contains(expected), "`{expected}` in:\n{p}");
         }

@@ -54,8 +54,6 @@ use crate::config::ScyllaConfig;
 use crate::window::TileAgg;
 use log::LoggedTile;
 
-/// Tiles merged and written concurrently (one partition per task).
-const APPLY_CONCURRENCY: usize = 64;
 /// Range scans of one batch serving call in flight at once.
 const CONCURRENT_READS: usize = 64;
 /// Rows of one partition per unlogged batch.
@@ -202,6 +200,8 @@ pub struct ScyllaStore {
     /// TTL in seconds per feature id (0: none), from its retention.
     ttls: RwLock<HashMap<u32, i32>>,
     cache_cfg: crate::config::TileCacheConfig,
+    /// Tile partitions merged and written at once (`store.write_concurrency`).
+    write_concurrency: usize,
     /// "ScyllaDB" or "Apache Cassandra" (or another CQL server).
     flavor: String,
 }
@@ -240,6 +240,7 @@ impl ScyllaStore {
             writers: Mutex::new(HashMap::new()),
             ttls: RwLock::new(HashMap::new()),
             cache_cfg: cfg.cache.clone(),
+            write_concurrency: cfg.write_concurrency,
             flavor,
         })
     }
@@ -438,7 +439,7 @@ impl ScyllaStore {
         }
         futures::stream::iter(groups)
             .map(|g| self.apply_partition(w, author, h, g))
-            .buffer_unordered(APPLY_CONCURRENCY)
+            .buffer_unordered(self.write_concurrency)
             .try_collect::<()>()
             .await?;
         let positions = log::decode_positions(&h.positions)?;

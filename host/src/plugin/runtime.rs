@@ -200,7 +200,11 @@ impl PluginRuntime {
             .map_err(|e| e.to_string())
             .and_then(|data| {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                let tmp = dir.join(format!(".{digest}-{}.tmp", std::process::id()));
+                // Unique per writer (process and call), then renamed into place:
+                // a reader never sees a half-written file.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, Ordering::Relaxed);
+                let tmp = dir.join(format!(".{digest}-{}-{n}.tmp", std::process::id()));
                 std::fs::write(&tmp, data).map_err(|e| e.to_string())?;
                 std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
             });

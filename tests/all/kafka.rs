@@ -69,6 +69,14 @@ fn serving_host(path: &Path) -> support::KillOnDrop {
     ))
 }
 
+/// `/v1/status` of the host whose API listens on `api` (`Null` while it
+/// does not answer).
+fn status(api: &str) -> serde_json::Value {
+    support::http_get(api, "/v1/status")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Where [`serving_host`] over the config at `path` logs.
 fn host_log(path: &Path) -> std::path::PathBuf {
     path.with_extension("log")
@@ -207,12 +215,7 @@ fn kill_dash_nine_mid_stream_and_restart_counts_each_event_once() {
         &format!("[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\""),
     );
     std::fs::write(&cfg_path, cfg).unwrap();
-    let checkpoints = || -> u64 {
-        support::http_get(&api, "/v1/status")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|s| s["checkpoints"].as_u64())
-            .unwrap_or(0)
-    };
+    let checkpoints = || status(&api)["checkpoints"].as_u64().unwrap_or(0);
     let bin = env!("CARGO_BIN_EXE_tessera");
     let mut kills = 0;
     for run in 1..=2 {
@@ -309,14 +312,6 @@ fn a_rebalance_mid_stream_rolls_back_and_counts_each_event_once() {
         "the second host read its partitions: {sb:?}"
     );
     crate::windows::check_windows(store.as_ref(), &events, 37, 300);
-}
-
-/// `/v1/status` of the host whose API listens on `api` (`Null` while it
-/// does not answer).
-fn status(api: &str) -> serde_json::Value {
-    support::http_get(api, "/v1/status")
-        .and_then(|(_, b)| serde_json::from_str(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Two host processes in one consumer group over one CQL store, each its
@@ -725,12 +720,7 @@ fn cql_store_down_at_start_and_killed_mid_run_loses_nothing() {
     let events = support::events(71, 30_000, 3 * 3_600_000, 1_000, None);
     let (msgs, _) = messages(&events, None);
     let (first, second) = msgs.split_at(msgs.len() / 2);
-    let records_in = || -> u64 {
-        support::http_get(&api, "/v1/status")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|s| s["records_in"].as_u64())
-            .unwrap_or(0)
-    };
+    let records_in = || status(&api)["records_in"].as_u64().unwrap_or(0);
     let health = || support::http_get(&api, "/healthz");
 
     let host = serving_host(&cfg_path);

@@ -958,13 +958,7 @@ mod tests {
 
     #[test]
     fn pipeline_instance_is_optional_and_checked() {
-        let base = r#"
-            source = { type = "file", path = "in.ndjson" }
-            parser = { name = "json", path = "p.wasm" }
-            [[features]]
-            name = "counter"
-            path = "c.wasm"
-        "#;
+        let base = MINIMAL;
         assert_eq!(Config::parse(base).unwrap().pipeline.instance, "");
         let named = format!("pipeline = {{ instance = \"host-a\" }}\n{base}");
         assert_eq!(Config::parse(&named).unwrap().pipeline.instance, "host-a");

@@ -88,11 +88,7 @@ const SIDE_OUTPUT_KEY: &str = "sink:side-output";
 /// the pipeline (each has its own files). Every checkpoint moves these, so
 /// a second process under the same instance name is fenced.
 fn instance_key(cfg: &Config, base: &str) -> String {
-    if cfg.pipeline.instance.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}@{}", cfg.pipeline.instance)
-    }
+    crate::stores::author(base, &cfg.pipeline.instance)
 }
 
 /// A feature plugin and the store-wide definitions of its features.

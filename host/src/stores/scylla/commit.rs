@@ -155,14 +155,15 @@ impl ScyllaStore {
         let now = now_micros();
         for h in &headers {
             let foreign = w.initialized && !w.attempts.contains(&(h.seq, h.attempt));
-            let cached_author = w.caches.contains_key(h.author(&w.name));
+            let cache = w.caches.get(h.author(&w.name));
+            let cached_author = cache.is_some();
             if foreign {
-                for (key, _) in log::decode_positions(&h.positions)? {
-                    w.moved_elsewhere.insert(key);
-                }
-                if let Some(cache) = w.caches.get(h.author(&w.name)) {
+                if let Some(cache) = cache {
                     // Another process wrote partials this one caches.
                     cache.invalidate_all();
+                }
+                for (key, _) in log::decode_positions(&h.positions)? {
+                    w.moved_elsewhere.insert(key);
                 }
             }
             if !h.applied {
@@ -494,12 +495,13 @@ impl ScyllaStore {
             positions.hash(&mut h);
             h.finish()
         };
-        let author = checkpoint_author(w, cp);
-        if !w.caches.contains_key(author.as_deref().unwrap_or(&w.name)) {
-            let cache = self.partial_cache();
-            w.caches
-                .insert(author.clone().unwrap_or_else(|| w.name.clone()), cache);
-        }
+        // The entry names its author unless it is the log's writer itself
+        // (a single-host pipeline, as entries were before authors).
+        let partials = cp.author();
+        let author = (partials != w.name).then(|| partials.clone());
+        w.caches
+            .entry(partials)
+            .or_insert_with(|| self.partial_cache());
         if w.attempt_digest != Some(digest) {
             // A different checkpoint than the one that failed before: an
             // earlier attempt that lands anyway counts as another writer's.
@@ -603,11 +605,4 @@ impl ScyllaStore {
             return self.apply(w, &header, Some(tiles)).await;
         }
     }
-}
-
-/// The author a checkpoint's entry names: `None` when it is the log's
-/// writer itself (a single-host pipeline, as entries were before authors).
-fn checkpoint_author(w: &Writer, cp: &Checkpoint) -> Option<String> {
-    let author = cp.author();
-    (author != w.name).then_some(author)
 }

@@ -58,6 +58,25 @@ impl RawBatchBuilder {
         }
     }
 
+    /// Room for `records` records of `payload_bytes` payload in all (a
+    /// source that knows its batch sizes grows no buffer record by record).
+    pub fn with_capacity(
+        topic: &str,
+        partition: i32,
+        records: usize,
+        payload_bytes: usize,
+    ) -> Self {
+        let mut b = RawBatchBuilder::new(topic, partition);
+        let batch = &mut b.batch;
+        batch.offsets.reserve(records);
+        batch.timestamps.reserve(records);
+        batch.keys.offsets.reserve(records);
+        batch.payloads.offsets.reserve(records);
+        batch.payloads.data.reserve(payload_bytes);
+        batch.header_index.reserve(records);
+        b
+    }
+
     pub fn push(&mut self, offset: i64, timestamp_ms: i64, key: &[u8], payload: &[u8]) {
         let b = &mut self.batch;
         b.offsets.push(offset);

@@ -4,6 +4,7 @@
 mod containment;
 mod http;
 mod kafka;
+mod kafka_source;
 mod restart;
 mod servers;
 mod smb;

@@ -266,7 +266,7 @@ pub struct PipelineConfig {
 fn default_pipeline_name() -> String {
     "default".into()
 }
-fn default_batch_size() -> usize {
+pub fn default_batch_size() -> usize {
     1024
 }
 fn default_checkpoint_events() -> u64 {

@@ -11,14 +11,20 @@
 //! Rebalances: records of a revoked partition may already sit in the
 //! pipeline's uncommitted tiles, and the partition's next owner starts at the
 //! committed offset. So a revocation asks the pipeline to *roll back* to its
-//! last checkpoint: it drops what it has not committed, and the source seeks
-//! every partition it keeps to its committed offset. Nothing is counted
-//! twice; a rebalance costs at most one checkpoint interval of re-reading.
+//! last checkpoint (and waits until it has): it drops what it has not
+//! committed, and the source seeks every partition it keeps to its
+//! committed offset. Nothing is counted twice; a rebalance costs at most one
+//! checkpoint interval of re-reading.
 //!
-//! Batches: a raw batch holds records of one partition; messages are sorted
-//! into per-partition builders and the fullest is handed out. Memory stays
-//! bounded: the pipeline pulls, and librdkafka's own prefetch is capped by
-//! `queued.max.messages.kbytes` (passed through like every other property).
+//! Threads: a consumer thread (`poller.rs`) polls librdkafka and sorts
+//! messages into one raw batch per partition; the pipeline takes full
+//! batches from a bounded channel, so reading and processing overlap.
+//! Memory stays bounded: when the channel is full the consumer thread
+//! pauses its partitions (and keeps polling for the group's sake), and
+//! librdkafka's own prefetch is capped by `queued.max.messages.kbytes`
+//! (passed through like every other property). Callbacks and what they ask
+//! of the pipeline are in `context.rs`.
+//!
 //! Ingestion time is the message timestamp (the broker's log-append time
 //! when the topic uses it), else when the host read the message.
 //!
@@ -31,235 +37,54 @@
 //! (asynchronously, advisory only: they let `kafka-consumer-groups.sh` and
 //! lag monitors see progress; the host never reads them back).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+mod context;
+mod poller;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 
 use super::{Source, SourceBatch};
 use crate::error::SourceError;
-use crate::record::{now_ms, RawBatchBuilder};
 use crate::stores::TileStore;
 use crate::telemetry::status::{SourcePartition, SourceStatus};
+pub use context::position_key;
+use context::GroupContext;
+use poller::{Command, Polled, Poller, Shared};
 
-/// How long a partition assignment waits for an unreachable store to give
-/// the partition's committed position before the host stops.
-const COMMITTED_RETRY: Duration = Duration::from_secs(300);
+/// Full batches the consumer thread may have waiting for the pipeline.
+const CHANNEL_BATCHES: usize = 8;
 
-/// The store key of a partition's committed position.
-pub fn position_key(topic: &str, partition: i32) -> String {
-    format!("kafka:{topic}:{partition}")
-}
-
-/// What rebalance callbacks tell the source (they run inside `poll`).
-#[derive(Default)]
-struct Assignment {
-    /// Partitions currently assigned.
-    assigned: Vec<(String, i32)>,
-    /// When partitions were last assigned (idle time counts from then).
-    assigned_at: Option<Instant>,
-}
-
-/// What librdkafka's statistics and error callbacks tell the source.
-#[derive(Default)]
-struct BrokerHealth {
-    /// Whether a broker connection is up; `None` before the first report.
-    up: Option<bool>,
-    /// Broker name → state ("UP", "CONNECT", "DOWN", ...), from the last statistics.
-    states: BTreeMap<String, String>,
-    /// Per partition: the offset the next produced message gets (the last
-    /// stable offset under `read_committed`, librdkafka's default).
-    high: HashMap<(String, i32), i64>,
-}
-
-/// The consumer context: starts assigned partitions at their committed
-/// positions, records revocations and broker health.
-struct GroupContext {
-    store: Arc<dyn TileStore>,
-    pipeline: String,
-    assignment: Mutex<Assignment>,
-    /// Set by a revocation: the pipeline must roll back. Checked before
-    /// every poll, so an atomic rather than the assignment's lock.
-    revoked: AtomicBool,
-    health: Mutex<BrokerHealth>,
-}
-
-impl ClientContext for GroupContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::error!(target: "rdkafka", facility = fac, "{log_message}")
-            }
-            L::Warning => tracing::warn!(target: "rdkafka", facility = fac, "{log_message}"),
-            _ => tracing::debug!(target: "rdkafka", facility = fac, "{log_message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "rdkafka", %error, "{reason}");
-        if let KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) = error {
-            self.health.lock().expect("not poisoned").up = Some(false);
-        }
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut h = self.health.lock().expect("not poisoned");
-        h.states = statistics
-            .brokers
-            .values()
-            .map(|b| (b.name.clone(), b.state.clone()))
-            .collect();
-        h.up = Some(h.states.values().any(|s| s == "UP"));
-        for (topic, t) in &statistics.topics {
-            for (p, part) in &t.partitions {
-                let high = if part.ls_offset >= 0 {
-                    part.ls_offset
-                } else {
-                    part.hi_offset
-                };
-                if *p >= 0 && high >= 0 {
-                    h.high.insert((topic.clone(), *p), high);
-                }
-            }
-        }
-    }
-}
-
-impl GroupContext {
-    /// The partitions assigned now.
-    fn assigned(&self) -> Vec<(String, i32)> {
-        self.assignment
-            .lock()
-            .expect("not poisoned")
-            .assigned
-            .clone()
-    }
-
-    /// The committed next offset of a partition, if the store has one.
-    fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self
-                .store
-                .position(&self.pipeline, &position_key(topic, partition))
-            {
-                Ok(v) => {
-                    return v
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                        .map(i64::from_be_bytes)
-                }
-                // The store is unreachable for now: wait for it (the
-                // partition cannot start anywhere else).
-                Err(e) if e.is_transient() && started.elapsed() < COMMITTED_RETRY => {
-                    tracing::warn!(error = %e, topic, partition, retry_in = ?delay, "cannot read the committed position yet");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    // Starting anywhere else could count records twice: stop.
-                    tracing::error!(error = %e, topic, partition, "cannot read the committed position; the host stops");
-                    std::process::exit(70);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: rdkafka::types::RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        use rdkafka::types::RDKafkaRespErr as E;
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let parts: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        match err {
-            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                for (topic, p) in &parts {
-                    if let Some(next) = self.committed(topic, *p) {
-                        let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(next));
-                    }
-                }
-                let result = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "assigning partitions failed");
-                }
-                tracing::info!(partitions = ?parts, "partitions assigned (starting at committed positions)");
-                let mut a = self.assignment.lock().expect("not poisoned");
-                a.assigned_at = Some(Instant::now());
-                for part in parts {
-                    if !a.assigned.contains(&part) {
-                        a.assigned.push(part);
-                    }
-                }
-            }
-            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "unassigning partitions failed");
-                }
-                tracing::info!(partitions = ?parts, "partitions revoked: rolling back to the last checkpoint");
-                let mut a = self.assignment.lock().expect("not poisoned");
-                a.assigned.retain(|p| !parts.contains(p));
-                self.revoked.store(true, Ordering::Release);
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance failed");
-                let _ = consumer.unassign();
-                let mut a = self.assignment.lock().expect("not poisoned");
-                a.assigned.clear();
-                self.revoked.store(true, Ordering::Release);
-            }
-        }
-    }
-}
+/// How often a read waiting for a batch looks at the revocation flag.
+const REVOKED_CHECK: Duration = Duration::from_millis(20);
 
 /// A Kafka-API source in a consumer group.
 pub struct KafkaSource {
-    consumer: BaseConsumer<GroupContext>,
+    shared: Arc<Shared>,
+    batches: Receiver<Polled>,
+    commands: Sender<Command>,
+    poller: Option<JoinHandle<()>>,
+    /// Batches of older epochs are dropped (read before a roll-back).
+    epoch: u64,
     /// Next offset of every partition, covering the records handed out.
     next: BTreeMap<(String, i32), i64>,
-    /// Records polled but not yet handed out, by partition (a few
-    /// partitions per host: a list, searched without allocating).
-    pending: Vec<((String, i32), RawBatchBuilder)>,
     poll_timeout: Duration,
     idle_exit: Option<Duration>,
     last_record: Instant,
     topics: Vec<String>,
-    /// Set when a poll ran dry: the next message marks the brokers up
-    /// (sooner than the next statistics).
-    saw_no_message: bool,
 }
 
 impl KafkaSource {
-    /// Joins the group and subscribes. `properties` go to librdkafka as
-    /// given; `group.id` and the offset-commit settings are set here.
+    /// Joins the group, subscribes and starts the consumer thread.
+    /// `properties` go to librdkafka as given; `group.id` and the
+    /// offset-commit settings are set here.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         topics: &[String],
@@ -280,148 +105,119 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
-        let context = GroupContext {
-            store,
-            pipeline: pipeline.to_string(),
-            assignment: Mutex::new(Assignment::default()),
-            revoked: AtomicBool::new(false),
-            health: Mutex::new(BrokerHealth::default()),
-        };
         let consumer: BaseConsumer<GroupContext> = cfg
-            .create_with_context(context)
+            .create_with_context(GroupContext::new(store, pipeline))
             .map_err(|e| SourceError::Kafka(format!("creating the consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
             .map_err(|e| SourceError::Kafka(format!("subscribing to {topics:?}: {e}")))?;
-        Ok(KafkaSource {
+        let shared = Arc::new(Shared {
             consumer,
+            max_records: AtomicUsize::new(crate::config::default_batch_size()),
+            stop: AtomicBool::new(false),
+        });
+        let (batch_tx, batches) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let poller = Poller::new(shared.clone(), batch_tx, command_rx, poll_timeout);
+        let span = tracing::info_span!("kafka_consumer", group = group_id);
+        let poller = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || span.in_scope(|| poller.run()))
+            .map_err(|e| SourceError::Kafka(format!("starting the consumer thread: {e}")))?;
+        Ok(KafkaSource {
+            shared,
+            batches,
+            commands,
+            poller: Some(poller),
+            epoch: 0,
             next: BTreeMap::new(),
-            pending: Vec::new(),
             poll_timeout,
             idle_exit,
             last_record: Instant::now(),
             topics: topics.to_vec(),
-            saw_no_message: true,
         })
     }
 
-    /// After a revocation: forget everything not committed and seek every
-    /// partition still assigned to its committed position.
+    fn context(&self) -> &GroupContext {
+        self.shared.consumer.context()
+    }
+
+    /// Forgets everything not committed; the consumer thread drops what it
+    /// holds and seeks every partition still assigned to its committed
+    /// position.
     fn roll_back(&mut self) {
-        self.pending.clear();
         self.next.clear();
-        let ctx = self.consumer.context();
-        ctx.revoked.store(false, Ordering::Release);
-        let assigned = ctx.assigned();
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p) in &assigned {
-            let offset = match self.consumer.context().committed(topic, *p) {
-                Some(n) => Offset::Offset(n),
-                None => Offset::Beginning,
-            };
-            let _ = tpl.add_partition_offset(topic, *p, offset);
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-                tracing::error!(error = %e, "seeking back to committed positions failed");
-            }
-        }
+        self.epoch += 1;
+        // The thread is gone only if the source is being dropped.
+        let _ = self.commands.send(Command::Rewind(self.epoch));
+        self.context().rolled_back();
     }
 
-    /// Hands out the fullest pending batch.
-    fn take_fullest(&mut self) -> Option<SourceBatch> {
-        let i = (0..self.pending.len()).max_by_key(|i| self.pending[*i].1.len())?;
-        let (key, builder) = self.pending.swap_remove(i);
-        let raw = builder.finish();
-        if let Some(last) = raw.offsets.last() {
-            self.next.insert(key, last + 1);
+    /// Whether nothing has been read for `idle_exit` since the later of the
+    /// last record and the last assignment (never before the group assigned
+    /// partitions).
+    fn idle_for_good(&self) -> bool {
+        let assigned_at = self
+            .context()
+            .assignment
+            .lock()
+            .expect("not poisoned")
+            .assigned_at;
+        match (self.idle_exit, assigned_at) {
+            (Some(idle), Some(at)) => self.last_record.max(at).elapsed() >= idle,
+            _ => false,
         }
-        Some(SourceBatch {
-            raw,
-            read_errors: Vec::new(),
-            rolled_back: false,
-        })
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.context().closing.store(true, Ordering::Release);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
     }
 }
 
 impl Source for KafkaSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<SourceBatch>, SourceError> {
+        self.shared
+            .max_records
+            .store(max_records, Ordering::Relaxed);
         let deadline = Instant::now() + self.poll_timeout;
         loop {
-            if self.consumer.context().revoked.load(Ordering::Acquire) {
+            if self.context().revoked.load(Ordering::Acquire) {
                 self.roll_back();
                 return Ok(Some(SourceBatch::rolled_back()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                if let Some(b) = self.take_fullest() {
-                    return Ok(Some(b));
-                }
-                self.saw_no_message = true;
-                // Idle: nothing read since the later of the last record and
-                // the last assignment (never before the group assigned us).
-                let assigned_at = self
-                    .consumer
-                    .context()
-                    .assignment
-                    .lock()
-                    .expect("not poisoned")
-                    .assigned_at;
-                if let (Some(idle), Some(at)) = (self.idle_exit, assigned_at) {
-                    if self.last_record.max(at).elapsed() >= idle {
-                        return Ok(None);
-                    }
+                if self.idle_for_good() {
+                    return Ok(None);
                 }
                 return Ok(Some(SourceBatch::empty()));
             }
-            match self.consumer.poll(left) {
-                None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka poll failed; retrying");
-                }
-                Some(Ok(m)) => {
+            match self.batches.recv_timeout(left.min(REVOKED_CHECK)) {
+                Ok(polled) if polled.epoch < self.epoch => {}
+                Ok(Polled { batch, .. }) => {
                     self.last_record = Instant::now();
-                    if self.saw_no_message {
-                        self.saw_no_message = false;
-                        self.consumer
-                            .context()
-                            .health
-                            .lock()
-                            .expect("not poisoned")
-                            .up = Some(true);
+                    if let Some(last) = batch.offsets.last() {
+                        self.next
+                            .insert((batch.topic.clone(), batch.partition), last + 1);
                     }
-                    let (topic, partition) = (m.topic(), m.partition());
-                    let i = match self
-                        .pending
-                        .iter()
-                        .position(|((t, p), _)| *p == partition && t == topic)
-                    {
-                        Some(i) => i,
-                        None => {
-                            let key = (topic.to_string(), partition);
-                            self.pending
-                                .push((key, RawBatchBuilder::new(topic, partition)));
-                            self.pending.len() - 1
-                        }
-                    };
-                    let b = &mut self.pending[i].1;
-                    let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
-                    b.push(
-                        m.offset(),
-                        ts,
-                        m.key().unwrap_or(&[]),
-                        m.payload().unwrap_or(&[]),
-                    );
-                    if let Some(headers) = m.headers() {
-                        for h in headers.iter() {
-                            b.header(h.key.as_bytes(), h.value.unwrap_or(&[]));
-                        }
-                    }
-                    // Only the batch pushed to can have reached the size.
-                    if b.len() >= max_records {
-                        return Ok(self.take_fullest());
-                    }
+                    return Ok(Some(SourceBatch {
+                        raw: batch,
+                        read_errors: Vec::new(),
+                        rolled_back: false,
+                    }));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SourceError::Kafka(
+                        "the consumer thread stopped".to_string(),
+                    ))
                 }
             }
         }
@@ -452,7 +248,7 @@ impl Source for KafkaSource {
     }
 
     fn assigned(&self) -> Vec<(String, i32)> {
-        self.consumer.context().assigned()
+        self.context().assigned()
     }
 
     fn rewind(&mut self) -> bool {
@@ -467,6 +263,7 @@ impl Source for KafkaSource {
         }
         if tpl.count() > 0 {
             if let Err(e) = self
+                .shared
                 .consumer
                 .commit(&tpl, rdkafka::consumer::CommitMode::Async)
             {
@@ -476,7 +273,7 @@ impl Source for KafkaSource {
     }
 
     fn status(&self) -> SourceStatus {
-        let ctx = self.consumer.context();
+        let ctx = self.context();
         let assigned = ctx.assigned();
         let h = ctx.health.lock().expect("not poisoned");
         let mut problems = Vec::new();

@@ -62,6 +62,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::admin::registry::RegistryError),
     #[error("plugin `{plugin}` could not be loaded: {source}")]
     PluginLoad { plugin: String, source: PluginError },
     #[error("plugin `{plugin}` is quarantined after {failures} consecutive failures (last: {last}); the pipeline halts as configured, nothing after the last checkpoint was committed")]

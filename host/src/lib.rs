@@ -10,6 +10,7 @@
 //! stage rejects goes to the dead letter ([`sinks`]) with the reason.
 //! [`pipeline`] wires it all; [`config`] is the one place for settings.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -71,6 +71,51 @@ enum Command {
     /// Sort-merge-bucket outputs.
     #[command(subcommand)]
     Smb(SmbCommand),
+    /// Plugins of a running host, through its admin API.
+    Plugin {
+        /// The host's API address.
+        #[arg(long, env = "TESSERA_API", default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// A bearer token (`read` lists, `admin` changes).
+        #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a component as a new version of a stage's plugin (validated,
+    /// compiled and smoke-tested by the host before it is stored).
+    Upload {
+        /// The stage (plugin name in the config).
+        name: String,
+        version: String,
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The world it implements: parser, feature or late.
+        #[arg(long)]
+        world: String,
+        /// The config (JSON) this version runs with, instead of the stage's.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Swap an uploaded version in, between two batches.
+    Activate { name: String, version: String },
+    /// Go back to the version the last activation replaced.
+    Rollback { name: String },
+    /// Every stage: running version, state, quotas and use, uploaded versions.
+    List,
+    /// Show a stage's quotas, or change some (`--set fuel_per_call=1000000`).
+    Quota {
+        name: String,
+        /// FIELD=VALUE; numbers as numbers, durations as text (`250ms`).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// The pipeline as configured.
+    Pipeline,
 }
 
 #[derive(Subcommand)]
@@ -136,12 +181,56 @@ fn main() -> Result<()> {
                 metrics: Some(install_metrics()?),
                 ..api::AppState::configured(store, &cfg.api)
             };
-            tokio_runtime()?.block_on(serve_http(state, &addr, true))
+            tokio_runtime()?.block_on(serve_http(state, None, &addr, true))
         }
         Command::Smb(SmbCommand::Join { left, right, out }) => {
             smb_join(&left, &right, out.as_deref())
         }
+        Command::Plugin {
+            api,
+            token,
+            command,
+        } => plugin_command(&api, token, command),
     }
+}
+
+/// `tessera plugin ...`: one admin API call, its answer on stdout as JSON.
+fn plugin_command(api: &str, token: Option<String>, command: PluginCommand) -> Result<()> {
+    let client = tessera::admin::client::AdminClient::new(api, token);
+    let answer = match command {
+        PluginCommand::Upload {
+            name,
+            version,
+            file,
+            world,
+            config,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            client.upload(&name, &version, &world, bytes, config.as_deref())?
+        }
+        PluginCommand::Activate { name, version } => client.activate(&name, &version)?,
+        PluginCommand::Rollback { name } => client.rollback(&name)?,
+        PluginCommand::List => client.list()?,
+        PluginCommand::Quota { name, set } if set.is_empty() => client.quotas(&name)?,
+        PluginCommand::Quota { name, set } => {
+            let mut change = serde_json::Map::new();
+            for kv in &set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set {kv}: expected FIELD=VALUE"))?;
+                let value = v
+                    .parse::<u64>()
+                    .map(serde_json::Value::from)
+                    .unwrap_or_else(|_| serde_json::Value::from(v));
+                change.insert(k.to_string(), value);
+            }
+            client.set_quotas(&name, &serde_json::Value::Object(change))?
+        }
+        PluginCommand::Pipeline => client.pipeline()?,
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 /// Removes a scratch directory when dropped.
@@ -219,12 +308,22 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
         .context("installing the metrics recorder")
 }
 
-async fn serve_http(state: api::AppState, addr: &str, until_ctrl_c: bool) -> Result<()> {
+/// Serves the API, and the admin API when a pipeline runs here.
+async fn serve_http(
+    state: api::AppState,
+    admin: Option<tessera::admin::AdminState>,
+    addr: &str,
+    until_ctrl_c: bool,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
-    let server = axum::serve(listener, state.router());
+    tracing::info!(addr = %listener.local_addr()?, admin = admin.is_some(), "serving the HTTP API");
+    let mut router = state.router();
+    if let Some(admin) = admin {
+        router = router.merge(admin.router());
+    }
+    let server = axum::serve(listener, router);
     if until_ctrl_c {
         server
             .with_graceful_shutdown(async {
@@ -242,6 +341,11 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     let store = stores::open(&cfg.store)?;
     let api_cfg = cfg.api.clone();
     let listen = cfg.api.listen.clone();
+    // Read before the pipeline starts: a bad token file stops the host.
+    let admin = serve
+        .then(|| tessera::admin::auth::Tokens::load(&cfg.admin))
+        .transpose()?
+        .map(|tokens| (tokens, cfg.clone()));
     let mut pipeline = Pipeline::build(cfg, store.clone())?;
     let stop = pipeline.stop_flag();
     let rt = tokio_runtime()?;
@@ -260,9 +364,11 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
             metrics: Some(install_metrics()?),
             ..api::AppState::configured(store.clone(), &api_cfg)
         };
+        let admin = admin
+            .map(|(tokens, cfg)| tessera::admin::AdminState::new(pipeline.control(), tokens, &cfg));
         let listen = listen.clone();
         rt.spawn(async move {
-            if let Err(e) = serve_http(state, &listen, false).await {
+            if let Err(e) = serve_http(state, admin, &listen, false).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });

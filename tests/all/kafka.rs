@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::{self, Event};
 
-const PARTITIONS: i32 = 4;
+pub(crate) const PARTITIONS: i32 = 4;
 
 /// The test pipeline config over `topic` of the shared broker instead of a
 /// file, ending 3 s after the last record.
@@ -22,7 +22,11 @@ fn kafka_config(dir: &Path, topic: &str, pipeline_extra: &str, extra: &str) -> S
 /// The `[source]` keys after the topic and group: the run ends `idle_exit`
 /// after the last record (never when `None`); the group's session times out
 /// after 6 s; `more_properties` are more librdkafka properties (`"k" = "v", ...`).
-fn group_source(bootstrap: &str, idle_exit: Option<&str>, more_properties: &str) -> String {
+pub(crate) fn group_source(
+    bootstrap: &str,
+    idle_exit: Option<&str>,
+    more_properties: &str,
+) -> String {
     let idle = idle_exit.map_or(String::new(), |d| format!("idle_exit = \"{d}\"\n"));
     let more = if more_properties.is_empty() {
         String::new()
@@ -36,7 +40,7 @@ fn group_source(bootstrap: &str, idle_exit: Option<&str>, more_properties: &str)
 
 /// The test pipeline config over `topic`, with `source` (more keys of the
 /// `[source]` table) after the topic and group.
-fn kafka_config_with(
+pub(crate) fn kafka_config_with(
     dir: &Path,
     topic: &str,
     source: &str,
@@ -56,7 +60,7 @@ fn kafka_config_with(
 
 /// `tessera run --serve --json` over the config at `path`, killed if the
 /// test fails; its log goes to [`host_log`].
-fn serving_host(path: &Path) -> support::KillOnDrop {
+pub(crate) fn serving_host(path: &Path) -> support::KillOnDrop {
     let log = std::fs::File::create(host_log(path)).unwrap();
     support::KillOnDrop(Some(
         Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -71,31 +75,34 @@ fn serving_host(path: &Path) -> support::KillOnDrop {
 
 /// `/v1/status` of the host whose API listens on `api` (`Null` while it
 /// does not answer).
-fn status(api: &str) -> serde_json::Value {
+pub(crate) fn status(api: &str) -> serde_json::Value {
     support::http_get(api, "/v1/status")
         .and_then(|(_, b)| serde_json::from_str(&b).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
 /// Where [`serving_host`] over the config at `path` logs.
-fn host_log(path: &Path) -> std::path::PathBuf {
+pub(crate) fn host_log(path: &Path) -> std::path::PathBuf {
     path.with_extension("log")
 }
 
 /// The last `n` lines of a host's log, for a failure message.
-fn log_tail(path: &Path, n: usize) -> String {
+pub(crate) fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(host_log(path)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A message to produce: (partition, key, payload).
-type Msg = (i32, String, Vec<u8>);
+pub(crate) type Msg = (i32, String, Vec<u8>);
 
 /// Messages for `events`, keyed by user, spread over the partitions by
 /// user; with `poison_every`, a malformed message follows every n-th event.
 /// Returns the messages and the (partition, offset) of each poison message.
-fn messages(events: &[Event], poison_every: Option<usize>) -> (Vec<Msg>, Vec<(i32, i64)>) {
+pub(crate) fn messages(
+    events: &[Event],
+    poison_every: Option<usize>,
+) -> (Vec<Msg>, Vec<(i32, i64)>) {
     let mut next = [0i64; PARTITIONS as usize];
     let mut out = Vec::new();
     let mut poison = Vec::new();

@@ -1,6 +1,7 @@
 //! Integration tests: the real plugins compiled to wasm32-wasip2, the host
 //! library and the `tessera` binary, one test binary (as wasmtime does).
 
+mod admin;
 mod containment;
 mod http;
 mod kafka;

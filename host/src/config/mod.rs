@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+mod admin;
 mod store;
 
+pub use admin::{AdminConfig, AdminRole, AdminToken, MIN_TOKEN_CHARS};
 pub use store::{Consistency, ScyllaConfig, ScyllaRole, StoreConfig, TileCacheConfig};
 
 /// The whole host configuration.
@@ -51,6 +53,9 @@ pub struct Config {
     /// The HTTP serving API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The admin API: plugin registry, tokens, limits.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Outputs that receive the pipeline's events (after late-data routing),
     /// e.g. sort-merge-bucketed Avro files by hour.
     #[serde(default)]
@@ -420,6 +425,27 @@ fn default_max_output_bytes() -> usize {
     32 << 20
 }
 
+impl Quotas {
+    /// What is wrong with these quotas (empty when nothing): checked for
+    /// the config and for a quota change over the admin API alike.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_memory_bytes < (1 << 16) {
+            problems.push("quotas.max_memory_bytes must be at least 65536".to_string());
+        }
+        if self.wall_time_per_call.is_zero() {
+            problems.push("quotas.wall_time_per_call must be positive".to_string());
+        }
+        if self.fuel_per_call == 0 {
+            problems.push("quotas.fuel_per_call must be positive".to_string());
+        }
+        if self.max_output_records == 0 || self.max_output_bytes == 0 {
+            problems.push("output quotas must be positive".to_string());
+        }
+        problems
+    }
+}
+
 impl Default for Quotas {
     fn default() -> Self {
         Quotas {
@@ -695,6 +721,10 @@ impl Config {
         if let Some(c) = &mut self.runtime.cache_dir {
             fix(c);
         }
+        fix(&mut self.admin.registry_dir);
+        if let Some(f) = &mut self.admin.token_file {
+            fix(f);
+        }
         for o in &mut self.outputs {
             match o {
                 OutputConfig::Smb(o) => {
@@ -767,6 +797,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         self.store.validate(&mut problems);
+        self.admin.validate(&mut problems);
         if !(1..=1_000_000).contains(&self.api.max_batch_items) {
             problems.push(format!(
                 "api.max_batch_items {} must be between 1 and 1000000",
@@ -833,31 +864,13 @@ impl Config {
             } else if !names.insert(plugin.name.clone()) {
                 problems.push(format!("plugin name `{}` is used twice", plugin.name));
             }
-            let q = &plugin.quotas;
-            if q.max_memory_bytes < (1 << 16) {
-                problems.push(format!(
-                    "plugin `{}`: quotas.max_memory_bytes must be at least 65536",
-                    plugin.name
-                ));
-            }
-            if q.wall_time_per_call.is_zero() {
-                problems.push(format!(
-                    "plugin `{}`: quotas.wall_time_per_call must be positive",
-                    plugin.name
-                ));
-            }
-            if q.fuel_per_call == 0 {
-                problems.push(format!(
-                    "plugin `{}`: quotas.fuel_per_call must be positive",
-                    plugin.name
-                ));
-            }
-            if q.max_output_records == 0 || q.max_output_bytes == 0 {
-                problems.push(format!(
-                    "plugin `{}`: output quotas must be positive",
-                    plugin.name
-                ));
-            }
+            problems.extend(
+                plugin
+                    .quotas
+                    .problems()
+                    .into_iter()
+                    .map(|p| format!("plugin `{}`: {p}", plugin.name)),
+            );
             if plugin.quarantine.after_consecutive_failures == 0 {
                 problems.push(format!(
                     "plugin `{}`: quarantine.after_consecutive_failures must be at least 1",

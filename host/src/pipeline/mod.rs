@@ -23,19 +23,25 @@
 //! restart resumes from the last committed position, the uncommitted deltas
 //! were never written, and outputs replay their logs to the committed state.
 
+mod control;
 mod stats;
+mod swap;
 
+pub use control::{
+    Applied, Change, ControlError, LoadedPlugin, PipelineControl, Sample, StageView, SAMPLE_RECORDS,
+};
 pub use stats::{Progress, RunStats};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admin::registry::Registry;
 use crate::config::OutputConfig;
-use crate::config::{Config, QuarantineAction};
+use crate::config::{Config, PluginConfig, QuarantineAction};
 use crate::error::PipelineError;
 use crate::plugin::{
-    FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime, PluginSource,
+    FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime,
 };
 use crate::record::{
     bytes_at, now_ms, select_events, select_raw, EventBatch, LateBatch, LateDecision, RawBatch,
@@ -43,7 +49,7 @@ use crate::record::{
 use crate::sinks::smb::SmbSink;
 use crate::sinks::{DeadLetter, NdjsonSink};
 use crate::sources::{self, Source, SourceBatch};
-use crate::stores::{Checkpoint, StoreError, StoredFeature, TileStore};
+use crate::stores::{Checkpoint, StoreError, TileStore};
 use crate::telemetry::status::{StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 
@@ -135,7 +141,10 @@ pub struct Pipeline {
     parser_for_topic: std::collections::HashMap<String, usize>,
     features: Vec<FeatureStage>,
     late: Option<LatePlugin>,
-    _runtime: PluginRuntime,
+    /// Shared with the admin API, which loads plugins to swap in on it.
+    _runtime: Arc<PluginRuntime>,
+    /// Changes from the admin API, applied between batches (`swap.rs`).
+    control: Arc<PipelineControl>,
     store: Arc<dyn TileStore>,
     source: Box<dyn Source>,
     tiler: Tiler,
@@ -194,6 +203,11 @@ impl Pipeline {
             plugin: "(engine)".into(),
             source: e,
         })?;
+        let runtime = Arc::new(runtime);
+        let registry = Registry::open(
+            &cfg.admin.registry_dir,
+            &crate::stores::author(&cfg.pipeline.name, &cfg.pipeline.instance),
+        )?;
         let load_err = |name: &str| {
             let plugin = name.to_string();
             move |source: PluginError| PipelineError::PluginLoad {
@@ -201,11 +215,12 @@ impl Pipeline {
                 source,
             }
         };
+        let source_of = |p: &PluginConfig| swap::stage_source(p, &registry);
         let mut parsers = Vec::new();
         let mut parser_for_topic = std::collections::HashMap::new();
         for (i, p) in std::iter::once(&cfg.parser).chain(&cfg.parsers).enumerate() {
             parsers.push(
-                PluginSource::from_config(p)
+                source_of(p)
                     .and_then(|s| runtime.load_parser(&s))
                     .map_err(load_err(&p.name))?,
             );
@@ -216,63 +231,40 @@ impl Pipeline {
         let mut loaded = Vec::new();
         for f in &cfg.features {
             loaded.push(
-                PluginSource::from_config(f)
+                source_of(f)
                     .and_then(|s| runtime.load_feature(&s))
                     .map_err(load_err(&f.name))?,
             );
         }
         let late = match &cfg.late {
             Some(l) => Some(
-                PluginSource::from_config(l)
+                source_of(l)
                     .and_then(|s| runtime.load_late(&s))
                     .map_err(load_err(&l.name))?,
             ),
             None => None,
         };
 
-        let mut stored = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for p in &loaded {
-            for spec in p.specs() {
-                let f = StoredFeature::from_spec(&p.meta().name, spec);
-                f.validate()
-                    .map_err(|reason| PipelineError::InvalidFeature {
-                        plugin: p.meta().name.clone(),
-                        feature: spec.name.clone(),
-                        reason,
-                    })?;
-                if !seen.insert(f.name.clone()) {
-                    return Err(PipelineError::DuplicateFeature(f.name));
+        let mut features = Vec::new();
+        for (plugin, plugin_cfg) in loaded.into_iter().zip(&cfg.features) {
+            for spec in plugin.specs() {
+                if !seen.insert(spec.name.clone()) {
+                    return Err(PipelineError::DuplicateFeature(spec.name.clone()));
                 }
-                stored.push(f);
             }
+            features.push(FeatureStage {
+                defs: swap::define_features(store.as_ref(), &plugin)?,
+                plugin,
+                event_types: plugin_cfg.event_types.clone(),
+            });
         }
-        let ids = store.register_features(&stored)?;
-        let mut ids = ids.into_iter().zip(stored);
-        let features = loaded
-            .into_iter()
-            .zip(&cfg.features)
-            .map(|(plugin, plugin_cfg)| {
-                let defs = plugin
-                    .specs()
-                    .iter()
-                    .map(|spec| {
-                        let (id, f) = ids.next().expect("one id per spec");
-                        FeatureDef {
-                            id,
-                            plugin: plugin.meta().name.clone(),
-                            spec: spec.clone(),
-                            sizes_ms: f.sizes_ms(),
-                        }
-                    })
-                    .collect();
-                FeatureStage {
-                    plugin,
-                    defs,
-                    event_types: plugin_cfg.event_types.clone(),
-                }
-            })
-            .collect();
+        let control = Arc::new(PipelineControl::new(
+            &cfg.pipeline.name,
+            runtime.clone(),
+            Arc::new(registry),
+            swap::stage_configs(&cfg),
+        ));
 
         let source = sources::build(&cfg.source, &store, &cfg.pipeline.name)?;
         let committed =
@@ -296,6 +288,7 @@ impl Pipeline {
             features,
             late,
             _runtime: runtime,
+            control,
             store,
             source,
             tiler: Tiler::new(),
@@ -308,6 +301,11 @@ impl Pipeline {
     /// A flag that, once set, makes [`run`](Self::run) checkpoint and return.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// Where the admin API hands this pipeline its changes.
+    pub fn control(&self) -> Arc<PipelineControl> {
+        self.control.clone()
     }
 
     /// The status board this pipeline writes (for the HTTP API).
@@ -341,6 +339,7 @@ impl Pipeline {
         let mut last_record = started;
         self.publish_status();
         while !self.stop.load(Ordering::Relaxed) {
+            self.apply_changes()?;
             let Some(batch) = self.source.next_batch(self.cfg.pipeline.batch_size)? else {
                 self.end_of_input = self.source.is_bounded();
                 break;
@@ -384,6 +383,7 @@ impl Pipeline {
             .report(self.source.status(), &self.watermarks, &self.stats);
         status.problems.extend(self.store_problem.clone());
         self.status.publish(status);
+        self.show_stages();
     }
 
     fn progress(&self, started: Instant) -> Progress {
@@ -605,6 +605,9 @@ impl Pipeline {
         );
         let mut chunks = Vec::new();
         self.parse_isolating(batch.raw, &mut chunks)?;
+        if let Some((raw, events)) = chunks.first() {
+            self.offer_sample(raw, events);
+        }
         for (raw, events) in chunks {
             self.process_events(&raw, events)?;
         }

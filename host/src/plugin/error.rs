@@ -38,3 +38,17 @@ pub enum PluginError {
     #[error("is quarantined")]
     Quarantined,
 }
+
+impl PluginError {
+    /// Whether the call broke one of its quotas (rather than trapping or
+    /// returning bad output on its own).
+    pub fn is_quota(&self) -> bool {
+        matches!(
+            self,
+            PluginError::CpuBudget { .. }
+                | PluginError::WallTime { .. }
+                | PluginError::Memory { .. }
+                | PluginError::OutputTooLarge { .. }
+        )
+    }
+}

@@ -9,7 +9,7 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::{
     self, EventBatch, FeatureSpec, LateBatch, LateDecision, ParseOutput, RawBatch, UpdateBatch,
 };
-use super::runtime::{PluginRuntime, PluginSource};
+use super::runtime::{ticks_for, PluginRuntime, PluginSource};
 use super::state::PluginState;
 use super::{PluginError, PluginMeta};
 use crate::config::{QuarantinePolicy, Quotas};
@@ -20,6 +20,10 @@ use crate::record::{event_batch_bytes, validate_event_batch};
 pub struct PluginHealth {
     pub calls: u64,
     pub failures: u64,
+    /// Failures that were a quota breach (fuel, wall time, memory, output size).
+    pub quota_hits: u64,
+    /// Fuel the calls burned (0 unless `runtime.fuel` is on).
+    pub fuel_used: u64,
     pub consecutive_failures: u32,
     pub quarantined: bool,
     pub last_error: Option<String>,
@@ -92,6 +96,8 @@ pub(super) struct Sandbox<T: Template> {
     quotas: Quotas,
     quarantine: QuarantinePolicy,
     fuel: bool,
+    /// The engine's epoch tick, to turn a wall-time quota into ticks.
+    epoch_tick: std::time::Duration,
     ticks: u64,
     live: Option<(Store<PluginState>, T::Bindings)>,
     specs: Vec<FeatureSpec>,
@@ -113,11 +119,26 @@ impl<T: Template> Sandbox<T> {
             quotas: src.quotas.clone(),
             quarantine: src.quarantine.clone(),
             fuel: rt.fuel_enabled(),
+            epoch_tick: rt.epoch_tick(),
             ticks: rt.ticks_for(src.quotas.wall_time_per_call),
             live: None,
             specs: Vec::new(),
             health: PluginHealth::default(),
         }
+    }
+
+    /// New quotas, in force from the next call (the live instance keeps its
+    /// memory; it may not grow past a lower limit).
+    pub(super) fn set_quotas(&mut self, quotas: Quotas) {
+        self.ticks = ticks_for(self.epoch_tick, quotas.wall_time_per_call);
+        if let Some((store, _)) = self.live.as_mut() {
+            store.data_mut().limiter.max_bytes = quotas.max_memory_bytes;
+        }
+        self.quotas = quotas;
+    }
+
+    pub(super) fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// Makes sure there is a live, initialised instance.
@@ -169,7 +190,12 @@ impl<T: Template> Sandbox<T> {
             self.fuel.then_some(self.quotas.fuel_per_call),
             self.ticks,
         );
-        match f(bindings, store) {
+        let result = f(bindings, store);
+        if self.fuel {
+            let left = store.get_fuel().unwrap_or(0);
+            self.health.fuel_used += self.quotas.fuel_per_call.saturating_sub(left);
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 let err = classify(e, store, &self.quotas);
@@ -187,6 +213,9 @@ impl<T: Template> Sandbox<T> {
             Err(PluginError::Quarantined) => {}
             Err(e) => {
                 self.health.failures += 1;
+                if e.is_quota() {
+                    self.health.quota_hits += 1;
+                }
                 self.health.consecutive_failures += 1;
                 self.health.last_error = Some(e.to_string());
                 if self.health.consecutive_failures >= self.quarantine.after_consecutive_failures {
@@ -266,6 +295,13 @@ macro_rules! plugin_common {
             }
             pub fn quarantine_policy(&self) -> &QuarantinePolicy {
                 &self.sandbox.quarantine
+            }
+            pub fn quotas(&self) -> &Quotas {
+                self.sandbox.quotas()
+            }
+            /// See `Sandbox::set_quotas`: in force from the next call.
+            pub fn set_quotas(&mut self, quotas: Quotas) {
+                self.sandbox.set_quotas(quotas)
             }
         }
     };

@@ -54,7 +54,14 @@ pub struct PluginRuntime {
     feature_linker: Linker<PluginState>,
     late_linker: Linker<PluginState>,
     ticker_stop: Arc<AtomicBool>,
+    /// Components compiled by this process, by SHA-256 of their bytes: an
+    /// upload compiles once and its activation (or a rollback to it) finds
+    /// the result here. Bounded: cleared when it reaches [`COMPILED_KEPT`].
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
+
+/// Most compiled components [`PluginRuntime`] keeps in memory.
+const COMPILED_KEPT: usize = 32;
 
 impl PluginRuntime {
     pub fn new(settings: &RuntimeConfig) -> Result<Self, PluginError> {
@@ -114,6 +121,7 @@ impl PluginRuntime {
             feature_linker,
             late_linker,
             ticker_stop,
+            compiled: Default::default(),
         })
     }
 
@@ -129,7 +137,11 @@ impl PluginRuntime {
     /// Epoch ticks that make up `wall` (at least 2, so a call always gets one
     /// full tick).
     pub(super) fn ticks_for(&self, wall: Duration) -> u64 {
-        (wall.as_nanos() / self.settings.epoch_tick.as_nanos().max(1)) as u64 + 2
+        ticks_for(self.settings.epoch_tick, wall)
+    }
+
+    pub(super) fn epoch_tick(&self) -> Duration {
+        self.settings.epoch_tick
     }
 
     fn compile(
@@ -158,12 +170,35 @@ impl PluginRuntime {
         Ok((component, meta))
     }
 
+    /// A compiled component: from memory when this process compiled the
+    /// same bytes before, else see [`Self::component_from_disk_or_compile`].
+    fn component(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let digest: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(c) = self.compiled.lock().expect("not poisoned").get(&digest) {
+            return Ok(c.clone());
+        }
+        let component = self.component_from_disk_or_compile(bytes, &digest)?;
+        let mut kept = self.compiled.lock().expect("not poisoned");
+        if kept.len() >= COMPILED_KEPT {
+            kept.clear();
+        }
+        kept.insert(digest, component.clone());
+        Ok(component)
+    }
+
     /// Compiles a component, or with `runtime.cache_dir` loads what an
     /// earlier run compiled from the same bytes under the same engine
     /// settings (a file named by both hashes). A cache file that cannot be
     /// used (truncated, another wasmtime) is compiled again and replaced;
     /// a cache that cannot be written only costs the next start a compile.
-    fn component(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+    fn component_from_disk_or_compile(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component, PluginError> {
         let compile = || {
             Component::new(&self.engine, bytes)
                 .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))
@@ -177,10 +212,6 @@ impl PluginRuntime {
             self.engine.precompile_compatibility_hash().hash(&mut h);
             h.finish()
         };
-        let digest: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         let path = dir.join(format!("{digest}-{engine_hash:016x}.cwasm"));
         if path.exists() {
             // SAFETY: the cache directory holds only what `serialize` below
@@ -272,6 +303,11 @@ impl Drop for PluginRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Epoch ticks of `tick` that make up `wall`, at least 2.
+pub(super) fn ticks_for(tick: Duration, wall: Duration) -> u64 {
+    (wall.as_nanos() / tick.as_nanos().max(1)) as u64 + 2
 }
 
 fn wrong_world(kind: PluginKind, e: wasmtime::Error) -> PluginError {

@@ -1,0 +1,127 @@
+//! The admin API's client, for the `tessera plugin ...` commands: one
+//! blocking HTTP call per command, the answer's JSON returned as is.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Where the admin API is and the token to show it.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the admin API at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+impl AdminClient {
+    /// `base` as `http://host:port`; `token` is sent as a bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("an HTTP client without TLS always builds"),
+        }
+    }
+
+    fn send(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+        url: &str,
+    ) -> Result<Value, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let message = body
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
+            Err(ClientError::Refused {
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn list(&self) -> Result<Value, ClientError> {
+        let url = self.url("/v1/plugins");
+        self.send(self.http.get(&url), &url)
+    }
+
+    pub fn upload(
+        &self,
+        name: &str,
+        version: &str,
+        world: &str,
+        component: Vec<u8>,
+        config: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/versions/{version}"));
+        let mut query = vec![("world", world)];
+        if let Some(c) = config {
+            query.push(("config", c));
+        }
+        let req = self
+            .http
+            .put(&url)
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(component);
+        self.send(req, &url)
+    }
+
+    pub fn activate(&self, name: &str, version: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/activate"));
+        let req = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "version": version }));
+        self.send(req, &url)
+    }
+
+    pub fn rollback(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/rollback"));
+        self.send(self.http.post(&url), &url)
+    }
+
+    pub fn quotas(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/quotas"));
+        self.send(self.http.get(&url), &url)
+    }
+
+    /// Changes the given quota fields (`{"fuel_per_call": 1000, ...}`).
+    pub fn set_quotas(&self, name: &str, change: &Value) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/quotas"));
+        self.send(self.http.put(&url).json(change), &url)
+    }
+
+    pub fn pipeline(&self) -> Result<Value, ClientError> {
+        let url = self.url("/v1/pipeline");
+        self.send(self.http.get(&url), &url)
+    }
+}

@@ -465,6 +465,26 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
         404
     );
 
+    // Every admin route the OpenAPI document names is served (and guarded).
+    let (_, doc) = get(&api, None, "/v1/openapi.json");
+    let mut admin_routes = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !op["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&"admin".into()))
+            {
+                continue;
+            }
+            admin_routes += 1;
+            let uri = path.replace("{name}", stage).replace("{version}", "1");
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (code, body) = answer(with(None, http().request(m, format!("http://{api}{uri}"))));
+            assert_eq!(code, 401, "{method} {path}: {body}");
+        }
+    }
+    assert_eq!(admin_routes, 8);
+
     // The pipeline, without credentials.
     let (code, p) = get(&api, Some(READER), "/v1/pipeline");
     assert_eq!(code, 200);

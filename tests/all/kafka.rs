@@ -351,21 +351,33 @@ fn two_hosts_in_one_group_one_killed_mid_stream_and_the_other_takes_over() {
         let child = serving_host(&path);
         (dir, path, api, child)
     };
-    support::kafka_produce(topic, first);
     let (_dir_a, path_a, api_a, mut a) = host("a", None);
     // B outlasts A's session (6 s) before it ends idle.
     let (_dir_b, path_b, api_b, b) = host("b", Some("10s"));
-    support::wait_until(
-        Duration::from_secs(180),
-        "both hosts to read, and A to commit",
-        || {
-            let (sa, sb) = (status(&api_a), status(&api_b));
-            sa["checkpoints"].as_u64() >= Some(1)
-                && sa["records_in"].as_u64() > Some(0)
-                && sb["records_in"].as_u64() > Some(0)
-        },
-    );
-    support::kafka_produce(topic, second);
+    // The first half trickles in until both hosts have read some of it (a
+    // host that joins late would find it all read) and A has committed.
+    let both_read = || {
+        let (sa, sb) = (status(&api_a), status(&api_b));
+        sa["checkpoints"].as_u64() >= Some(1)
+            && sa["records_in"].as_u64() > Some(0)
+            && sb["records_in"].as_u64() > Some(0)
+    };
+    let mut chunks = first.chunks(200);
+    let started = std::time::Instant::now();
+    while !both_read() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "both hosts to read, and A to commit\n--- A's log:\n{}\n--- B's log:\n{}",
+            log_tail(&path_a, 30),
+            log_tail(&path_b, 30)
+        );
+        match chunks.next() {
+            Some(c) => support::kafka_produce(topic, c),
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let rest: Vec<Msg> = chunks.flatten().chain(second).cloned().collect();
+    support::kafka_produce(topic, &rest);
     let killed = support::kill_after(a.0.take().unwrap(), Duration::from_millis(300));
     assert!(killed, "A was still running when killed");
     // B's input ends idle; it serves on until interrupted.

@@ -112,3 +112,113 @@ fn a_stalled_reader_pauses_the_partitions_and_then_gets_every_record_once() {
         );
     }
 }
+
+/// The reader stalls until its partitions are paused, and a second consumer
+/// joins the group meanwhile: the first rolls back and is given half the
+/// partitions, paused in librdkafka since before the revocation. Then the
+/// second leaves and the first is given all of them again. From its last
+/// roll-back on (nothing was committed: every partition starts at 0) it
+/// reads every record of every partition exactly once: a partition paused
+/// before a rebalance delivers again after it.
+#[test]
+fn partitions_paused_before_a_rebalance_deliver_after_it() {
+    const PARTITIONS: i32 = 4;
+    const RECORDS: i32 = 40_000;
+    let topic = "paused-rebalance";
+    let group = "paused-rebalance-group";
+    support::kafka_topic(topic, PARTITIONS);
+    let messages: Vec<(i32, String, Vec<u8>)> = (0..RECORDS)
+        .map(|i| {
+            (
+                i % PARTITIONS,
+                format!("k{i}"),
+                format!("record {i}").into_bytes(),
+            )
+        })
+        .collect();
+    support::kafka_produce(topic, &messages);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TileStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("tiles.redb")).unwrap());
+    let properties = BTreeMap::from([
+        (
+            "bootstrap.servers".to_string(),
+            support::kafka_bootstrap().to_string(),
+        ),
+        ("session.timeout.ms".to_string(), "6000".to_string()),
+        ("heartbeat.interval.ms".to_string(), "500".to_string()),
+    ]);
+    let open = |idle: u64| {
+        KafkaSource::open(
+            &[topic.to_string()],
+            group,
+            &properties,
+            Duration::from_millis(100),
+            Some(Duration::from_secs(idle)),
+            store.clone(),
+            "paused-rebalance",
+        )
+        .unwrap()
+    };
+    let mut first = open(4);
+    let started = Instant::now();
+    while first
+        .next_batch(1000)
+        .unwrap()
+        .unwrap()
+        .raw
+        .offsets
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no records within 60 s"
+        );
+    }
+    // Stalled: the consumer thread pauses the partitions after 1 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let second = open(600);
+    // Still stalled while the group revokes the first's partitions (the
+    // revocation waits for the roll-back it asks for).
+    std::thread::sleep(Duration::from_secs(2));
+    let mut since_roll_back: HashMap<i32, Vec<i64>> = HashMap::new();
+    let mut read_until = |source: &mut KafkaSource, done: &dyn Fn(&KafkaSource) -> bool| {
+        let started = Instant::now();
+        while !done(source) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the group did not settle in 60 s"
+            );
+            let Some(batch) = source.next_batch(1000).unwrap() else {
+                break;
+            };
+            if batch.rolled_back {
+                since_roll_back.clear();
+            }
+            for offset in &batch.raw.offsets {
+                since_roll_back
+                    .entry(batch.raw.partition)
+                    .or_default()
+                    .push(*offset);
+            }
+        }
+    };
+    read_until(&mut first, &|s| s.assigned().len() == 2);
+    drop(second);
+    read_until(&mut first, &|s| s.assigned().len() == 4);
+    // Then to the end (idle for 4 s).
+    read_until(&mut first, &|_| false);
+    for p in 0..PARTITIONS {
+        let got = since_roll_back.remove(&p).unwrap_or_default();
+        let want: Vec<i64> = (0..(RECORDS / PARTITIONS) as i64).collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "partition {p}: records read after the last roll-back"
+        );
+        assert!(
+            got == want,
+            "partition {p}: records out of order, lost or read twice"
+        );
+    }
+}

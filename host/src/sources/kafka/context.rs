@@ -233,6 +233,13 @@ impl ConsumerContext for GroupContext {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
+                // A partition paused before it was revoked stays paused in
+                // librdkafka; a new assignment starts it delivering (the
+                // consumer thread pauses it again if the pipeline is still
+                // behind).
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+                }
                 tracing::info!(partitions = ?parts, "partitions assigned (starting at committed positions)");
                 let mut a = self.assignment.lock().expect("not poisoned");
                 a.assigned_at = Some(Instant::now());

@@ -81,6 +81,8 @@ pub(super) struct Poller {
     /// Full batches the channel had no room for, oldest first.
     held: VecDeque<RawBatch>,
     paused: bool,
+    /// Every partition paused since the last resume.
+    paused_parts: Vec<(String, i32)>,
     /// A poll came up dry: the next message marks the brokers up (sooner
     /// than the next statistics).
     saw_no_message: bool,
@@ -106,6 +108,7 @@ impl Poller {
             pending: Vec::new(),
             held: VecDeque::new(),
             paused: false,
+            paused_parts: Vec::new(),
             saw_no_message: true,
             last_len: 0,
             last_bytes: 0,
@@ -160,11 +163,39 @@ impl Poller {
         true
     }
 
+    /// Pauses every assigned partition, or resumes every partition it
+    /// paused and every assigned one. librdkafka keeps a partition's pause
+    /// across a revocation and a new assignment, so a resume must name the
+    /// partitions paused then, not only those assigned now (a partition
+    /// paused, revoked and assigned again would otherwise never deliver).
     fn set_paused(&mut self, pause: bool) {
         let consumer = &self.shared.consumer;
-        let Ok(tpl) = consumer.assignment() else {
-            return;
-        };
+        let mut parts: Vec<(String, i32)> = consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pause {
+            for p in &parts {
+                if !self.paused_parts.contains(p) {
+                    self.paused_parts.push(p.clone());
+                }
+            }
+        } else {
+            for p in self.paused_parts.drain(..) {
+                if !parts.contains(&p) {
+                    parts.push(p);
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in &parts {
+            tpl.add_partition(topic, *p);
+        }
         let result = if pause {
             consumer.pause(&tpl)
         } else {

@@ -11,17 +11,13 @@ use tessera::stores::{EmbeddedStore, TileStore};
 
 use crate::support;
 
-/// The reader takes one batch and then nothing for 3 s (a pipeline retrying
-/// a commit): the consumer thread fills its channel, pauses the partitions
-/// (its log says so), keeps polling, and resumes once the reader is back.
-/// Every record arrives exactly once, in offset order per partition.
-#[test]
-fn a_stalled_reader_pauses_the_partitions_and_then_gets_every_record_once() {
-    const PARTITIONS: i32 = 4;
-    const RECORDS: i32 = 40_000;
-    let log = support::captured_log();
-    let topic = "stalled-reader";
-    let group = "stalled-reader-group";
+const PARTITIONS: i32 = 4;
+const RECORDS: i32 = 40_000;
+
+/// `topic` with RECORDS records spread round-robin over PARTITIONS
+/// (record i, payload `record i`, in partition i % PARTITIONS), and an
+/// embedded store (in the returned directory) with nothing committed.
+fn topic_with_records(topic: &str) -> (tempfile::TempDir, Arc<dyn TileStore>) {
     support::kafka_topic(topic, PARTITIONS);
     let messages: Vec<(i32, String, Vec<u8>)> = (0..RECORDS)
         .map(|i| {
@@ -36,6 +32,19 @@ fn a_stalled_reader_pauses_the_partitions_and_then_gets_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn TileStore> =
         Arc::new(EmbeddedStore::open(&dir.path().join("tiles.redb")).unwrap());
+    (dir, store)
+}
+
+/// The reader takes one batch and then nothing for 3 s (a pipeline retrying
+/// a commit): the consumer thread fills its channel, pauses the partitions
+/// (its log says so), keeps polling, and resumes once the reader is back.
+/// Every record arrives exactly once, in offset order per partition.
+#[test]
+fn a_stalled_reader_pauses_the_partitions_and_then_gets_every_record_once() {
+    let log = support::captured_log();
+    let topic = "stalled-reader";
+    let group = "stalled-reader-group";
+    let (_dir, store) = topic_with_records(topic);
     let properties = BTreeMap::from([(
         "bootstrap.servers".to_string(),
         support::kafka_bootstrap().to_string(),
@@ -122,24 +131,9 @@ fn a_stalled_reader_pauses_the_partitions_and_then_gets_every_record_once() {
 /// before a rebalance delivers again after it.
 #[test]
 fn partitions_paused_before_a_rebalance_deliver_after_it() {
-    const PARTITIONS: i32 = 4;
-    const RECORDS: i32 = 40_000;
     let topic = "paused-rebalance";
     let group = "paused-rebalance-group";
-    support::kafka_topic(topic, PARTITIONS);
-    let messages: Vec<(i32, String, Vec<u8>)> = (0..RECORDS)
-        .map(|i| {
-            (
-                i % PARTITIONS,
-                format!("k{i}"),
-                format!("record {i}").into_bytes(),
-            )
-        })
-        .collect();
-    support::kafka_produce(topic, &messages);
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn TileStore> =
-        Arc::new(EmbeddedStore::open(&dir.path().join("tiles.redb")).unwrap());
+    let (_dir, store) = topic_with_records(topic);
     let properties = BTreeMap::from([
         (
             "bootstrap.servers".to_string(),

@@ -596,6 +596,47 @@ fn a_quota_change_under_load_takes_effect_at_the_next_batch() {
     producer.join().unwrap();
     wait_for_records(&api, events.len() as u64);
     let (_, after) = get(&api, Some(READER), &format!("/v1/plugins/{stage}"));
+    // The same, per plugin and version, on /metrics (set about twice a second).
+    let metric = |text: &str, name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .reduce(f64::max)
+    };
+    let ours = "plugin=\"windowed-counter\"";
+    let mut text = String::new();
+    support::wait_until(
+        Duration::from_secs(10),
+        "the plugin metrics to show the quota hits",
+        || {
+            text = support::http_get(&api, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric(
+                &text,
+                "tessera_plugin_errors_total",
+                &[ours, "kind=\"output_too_large\""],
+            )
+            .unwrap_or(0.0)
+                > 0.0
+        },
+    );
+    assert!(
+        metric(&text, "tessera_plugin_calls_total", &[ours]).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tessera_plugin_quota_hits_total", &[ours]).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tessera_plugin_dead_letters_total", &[ours]).unwrap_or(0.0) > 1_000.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tessera_plugin_call_seconds_bucket", &[ours]).is_some(),
+        "{text}"
+    );
     let out = host.interrupt_and_wait();
     assert!(out.status.success(), "{}", log_tail(&cfg, 20));
     assert!(after["use"]["quota_hits"].as_u64().unwrap() > 0, "{after}");

@@ -580,6 +580,15 @@ impl Pipeline {
         dl.set_payload(record.payload);
         self.dead_letter.write(&dl)?;
         self.stats.dead_lettered += 1;
+        if let Some(p) = plugin {
+            metrics::counter!(
+                "tessera_plugin_dead_letters_total",
+                "pipeline" => self.cfg.pipeline.name.clone(),
+                "plugin" => p.name.clone(),
+                "version" => p.version.clone()
+            )
+            .increment(1);
+        }
         Ok(())
     }
 
@@ -597,6 +606,13 @@ impl Pipeline {
         if batch.raw.offsets.is_empty() {
             return Ok(());
         }
+        let _batch = tracing::debug_span!(
+            "batch",
+            topic = %batch.raw.topic,
+            partition = batch.raw.partition,
+            records = batch.raw.offsets.len()
+        )
+        .entered();
         self.stats.records_in += batch.raw.offsets.len() as u64;
         self.reporter.count(
             &batch.raw.topic,

@@ -302,9 +302,30 @@ impl Pipeline {
         out
     }
 
-    /// Shows the admin API every stage as it is now.
+    /// Shows the admin API every stage as it is now, and sets the per-plugin
+    /// metrics from the same numbers (no-ops without a recorder).
     pub(super) fn show_stages(&self) {
-        self.control.show(self.stage_views());
+        let views = self.stage_views();
+        for v in &views {
+            let labels = [
+                ("pipeline", self.cfg.pipeline.name.clone()),
+                ("plugin", v.name.clone()),
+                ("version", v.version.clone()),
+            ];
+            let h = &v.health;
+            metrics::counter!("tessera_plugin_calls_total", &labels).absolute(h.calls);
+            metrics::counter!("tessera_plugin_failures_total", &labels).absolute(h.failures);
+            metrics::counter!("tessera_plugin_quota_hits_total", &labels).absolute(h.quota_hits);
+            metrics::counter!("tessera_plugin_fuel_used_total", &labels).absolute(h.fuel_used);
+            metrics::gauge!("tessera_plugin_quarantined", &labels)
+                .set(f64::from(u8::from(h.quarantined)));
+            for (kind, n) in &h.errors {
+                let mut labels = labels.to_vec();
+                labels.push(("kind", kind.to_string()));
+                metrics::counter!("tessera_plugin_errors_total", &labels).absolute(*n);
+            }
+        }
+        self.control.show(views);
     }
 
     /// Keeps the first records of a parsed batch now and then, for the

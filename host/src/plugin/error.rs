@@ -40,6 +40,25 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// A short name of the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Engine(_) => "engine",
+            PluginError::Read { .. } => "read",
+            PluginError::NotAComponent(_) => "not_a_component",
+            PluginError::WrongWorld { .. } => "wrong_world",
+            PluginError::Init(_) => "init",
+            PluginError::CpuBudget { .. } => "cpu_budget",
+            PluginError::WallTime { .. } => "wall_time",
+            PluginError::Memory { .. } => "memory",
+            PluginError::Trap(_) => "trap",
+            PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::MalformedOutput(_) => "malformed_output",
+            PluginError::Failed(_) => "failed",
+            PluginError::Quarantined => "quarantined",
+        }
+    }
+
     /// Whether the call broke one of its quotas (rather than trapping or
     /// returning bad output on its own).
     pub fn is_quota(&self) -> bool {

@@ -24,6 +24,8 @@ pub struct PluginHealth {
     pub quota_hits: u64,
     /// Fuel the calls burned (0 unless `runtime.fuel` is on).
     pub fuel_used: u64,
+    /// Failed calls by kind of failure (`trap`, `wall_time`, `memory`, ...).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
     pub consecutive_failures: u32,
     pub quarantined: bool,
     pub last_error: Option<String>,
@@ -102,6 +104,8 @@ pub(super) struct Sandbox<T: Template> {
     live: Option<(Store<PluginState>, T::Bindings)>,
     specs: Vec<FeatureSpec>,
     health: PluginHealth,
+    /// `tessera_plugin_call_seconds` of this plugin and version.
+    call_seconds: metrics::Histogram,
 }
 
 impl<T: Template> Sandbox<T> {
@@ -112,7 +116,6 @@ impl<T: Template> Sandbox<T> {
         src: &PluginSource,
     ) -> Self {
         Sandbox {
-            meta,
             engine: rt.engine().clone(),
             template,
             config_json: src.config_json.clone(),
@@ -124,6 +127,12 @@ impl<T: Template> Sandbox<T> {
             live: None,
             specs: Vec::new(),
             health: PluginHealth::default(),
+            call_seconds: metrics::histogram!(
+                "tessera_plugin_call_seconds",
+                "plugin" => meta.name.clone(),
+                "version" => meta.version.clone()
+            ),
+            meta,
         }
     }
 
@@ -148,6 +157,7 @@ impl<T: Template> Sandbox<T> {
         }
         let state = PluginState::new(
             Arc::from(self.meta.name.as_str()),
+            Arc::from(self.meta.version.as_str()),
             self.quotas.max_memory_bytes,
         );
         let mut store = Store::new(&self.engine, state);
@@ -190,7 +200,9 @@ impl<T: Template> Sandbox<T> {
             self.fuel.then_some(self.quotas.fuel_per_call),
             self.ticks,
         );
+        let started = std::time::Instant::now();
         let result = f(bindings, store);
+        self.call_seconds.record(started.elapsed());
         if self.fuel {
             let left = store.get_fuel().unwrap_or(0);
             self.health.fuel_used += self.quotas.fuel_per_call.saturating_sub(left);
@@ -213,6 +225,7 @@ impl<T: Template> Sandbox<T> {
             Err(PluginError::Quarantined) => {}
             Err(e) => {
                 self.health.failures += 1;
+                *self.health.errors.entry(e.kind()).or_default() += 1;
                 if e.is_quota() {
                     self.health.quota_hits += 1;
                 }

@@ -14,6 +14,7 @@ use super::bindings::{HostImports, LogLevel};
 /// What a store holds for one plugin instance.
 pub struct PluginState {
     plugin: Arc<str>,
+    version: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
@@ -21,9 +22,10 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, max_memory_bytes: usize) -> Self {
-        let stdout = LogPipe::new(plugin.clone(), "stdout");
-        let stderr = LogPipe::new(plugin.clone(), "stderr");
+    /// The state of one instance of `plugin` at `version` (both tag its log lines).
+    pub fn new(plugin: Arc<str>, version: Arc<str>, max_memory_bytes: usize) -> Self {
+        let stdout = LogPipe::new(plugin.clone(), version.clone(), "stdout");
+        let stderr = LogPipe::new(plugin.clone(), version.clone(), "stderr");
         let mut b = WasiCtx::builder();
         // Deny everything ambient: no preopens, env, args or stdin (defaults),
         // and no sockets of any kind.
@@ -33,6 +35,7 @@ impl PluginState {
         b.stdout(stdout).stderr(stderr.clone());
         PluginState {
             plugin,
+            version,
             wasi: b.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -55,14 +58,14 @@ impl WasiView for PluginState {
 
 impl HostImports for PluginState {
     fn log(&mut self, level: LogLevel, message: String) {
-        let plugin = &*self.plugin;
+        let (plugin, version) = (&*self.plugin, &*self.version);
         let message = truncate(&message, MAX_LINE);
         match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, version, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, version, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, version, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, version, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, version, "{message}"),
         }
     }
 }
@@ -123,16 +126,18 @@ pub struct LogPipe {
 
 struct LogPipeInner {
     plugin: Arc<str>,
+    version: Arc<str>,
     stream: &'static str,
     partial: Vec<u8>,
     recent: std::collections::VecDeque<String>,
 }
 
 impl LogPipe {
-    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+    fn new(plugin: Arc<str>, version: Arc<str>, stream: &'static str) -> Self {
         LogPipe {
             inner: Arc::new(Mutex::new(LogPipeInner {
                 plugin,
+                version,
                 stream,
                 partial: Vec::new(),
                 recent: Default::default(),
@@ -177,7 +182,12 @@ impl LogPipeInner {
         if text.is_empty() {
             return;
         }
-        tracing::info!(plugin = &*self.plugin, stream = self.stream, "{text}");
+        tracing::info!(
+            plugin = &*self.plugin,
+            version = &*self.version,
+            stream = self.stream,
+            "{text}"
+        );
         if self.recent.len() == 4 {
             self.recent.pop_front();
         }

@@ -418,9 +418,23 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
         (Some("2"), Some("registry")),
         "{one}"
     );
-    let (code, body) = rollback();
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["source"], "config");
+    // Two rollbacks at once: one goes back to the config's component, the
+    // other is refused (nothing earlier is left), never both applied.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(rollback);
+        let b = s.spawn(rollback);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let done: Vec<&Value> = [&a, &b]
+        .into_iter()
+        .filter(|(c, _)| *c == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(done.len(), 1, "exactly one rollback applied: {a:?} {b:?}");
+    assert_eq!(done[0]["source"], "config");
+    assert!([409, 422].contains(&a.0.max(b.0)), "{a:?} {b:?}");
+    let (_, one) = get(&api, Some(READER), &format!("/v1/plugins/{stage}"));
+    assert_eq!(one["history"], json!([]), "{one}");
     assert_eq!(rollback().0, 409);
 
     // Quotas: bad changes refused, a good one in force and shown.

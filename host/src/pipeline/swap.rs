@@ -159,59 +159,71 @@ impl Pipeline {
                 plugin,
                 version,
                 rollback,
-            } => match plugin {
-                LoadedPlugin::Parser(p) => {
-                    let i = self
-                        .parsers
-                        .iter()
-                        .position(|x| x.meta().name == stage)
-                        .ok_or_else(|| no_stage("parser"))?;
-                    registry
-                        .set_active(stage, version, rollback)
-                        .map_err(|e| e.to_string())?;
-                    self.parsers[i] = *p;
+            } => {
+                // Two rollbacks prepared at once both aim at the same earlier
+                // version: the second must not pop the history again.
+                if rollback && registry.stage(stage).history.last() != Some(&version) {
+                    return Err(
+                        "another change to this stage came first; look at it and roll back again"
+                            .into(),
+                    );
                 }
-                LoadedPlugin::Feature(p) => {
-                    let i = self
-                        .features
-                        .iter()
-                        .position(|x| x.plugin.meta().name == stage)
-                        .ok_or_else(|| no_stage("feature"))?;
-                    let taken: Vec<&str> = self
-                        .features
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .flat_map(|(_, f)| f.defs.iter().map(|d| d.spec.name.as_str()))
-                        .collect();
-                    if let Some(dup) = p.specs().iter().find(|s| taken.contains(&s.name.as_str())) {
-                        return Err(format!(
-                            "feature `{}` is already defined by another stage",
-                            dup.name
-                        ));
+                match plugin {
+                    LoadedPlugin::Parser(p) => {
+                        let i = self
+                            .parsers
+                            .iter()
+                            .position(|x| x.meta().name == stage)
+                            .ok_or_else(|| no_stage("parser"))?;
+                        registry
+                            .set_active(stage, version, rollback)
+                            .map_err(|e| e.to_string())?;
+                        self.parsers[i] = *p;
                     }
-                    let defs =
-                        define_features(self.store.as_ref(), &p).map_err(|e| e.to_string())?;
-                    registry
-                        .set_active(stage, version, rollback)
-                        .map_err(|e| e.to_string())?;
-                    let event_types = self.features[i].event_types.clone();
-                    self.features[i] = FeatureStage {
-                        plugin: *p,
-                        defs,
-                        event_types,
-                    };
-                }
-                LoadedPlugin::Late(p) => {
-                    if self.late.as_ref().is_none_or(|l| l.meta().name != stage) {
-                        return Err(no_stage("late-handler"));
+                    LoadedPlugin::Feature(p) => {
+                        let i = self
+                            .features
+                            .iter()
+                            .position(|x| x.plugin.meta().name == stage)
+                            .ok_or_else(|| no_stage("feature"))?;
+                        let taken: Vec<&str> = self
+                            .features
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .flat_map(|(_, f)| f.defs.iter().map(|d| d.spec.name.as_str()))
+                            .collect();
+                        if let Some(dup) =
+                            p.specs().iter().find(|s| taken.contains(&s.name.as_str()))
+                        {
+                            return Err(format!(
+                                "feature `{}` is already defined by another stage",
+                                dup.name
+                            ));
+                        }
+                        let defs =
+                            define_features(self.store.as_ref(), &p).map_err(|e| e.to_string())?;
+                        registry
+                            .set_active(stage, version, rollback)
+                            .map_err(|e| e.to_string())?;
+                        let event_types = self.features[i].event_types.clone();
+                        self.features[i] = FeatureStage {
+                            plugin: *p,
+                            defs,
+                            event_types,
+                        };
                     }
-                    registry
-                        .set_active(stage, version, rollback)
-                        .map_err(|e| e.to_string())?;
-                    self.late = Some(*p);
+                    LoadedPlugin::Late(p) => {
+                        if self.late.as_ref().is_none_or(|l| l.meta().name != stage) {
+                            return Err(no_stage("late-handler"));
+                        }
+                        registry
+                            .set_active(stage, version, rollback)
+                            .map_err(|e| e.to_string())?;
+                        self.late = Some(*p);
+                    }
                 }
-            },
+            }
         }
         Ok(self.boundary())
     }

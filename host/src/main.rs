@@ -376,11 +376,36 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
             metrics,
             ..api::AppState::configured(store.clone(), &api_cfg)
         };
-        let admin = admin
-            .map(|(tokens, cfg)| tessera::admin::AdminState::new(pipeline.control(), tokens, &cfg));
+        let (admin, admin_listen) = match admin {
+            Some((tokens, cfg)) => (
+                Some(tessera::admin::AdminState::new(
+                    pipeline.control(),
+                    tokens,
+                    &cfg,
+                )),
+                cfg.admin.listen.clone(),
+            ),
+            None => (None, None),
+        };
+        // The admin routes on a listener of their own when configured.
+        let shared_admin = match (admin, admin_listen) {
+            (Some(admin), Some(addr)) => {
+                let listener = rt
+                    .block_on(tokio::net::TcpListener::bind(&addr))
+                    .with_context(|| format!("binding admin.listen {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
+                rt.spawn(async move {
+                    if let Err(e) = axum::serve(listener, admin.router()).await {
+                        tracing::error!(error = %e, "admin API stopped");
+                    }
+                });
+                None
+            }
+            (admin, _) => admin,
+        };
         let listen = listen.clone();
         rt.spawn(async move {
-            if let Err(e) = serve_http(state, admin, &listen, false).await {
+            if let Err(e) = serve_http(state, shared_admin, &listen, false).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });

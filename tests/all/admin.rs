@@ -26,6 +26,16 @@ fn admin_host(
     topic: &str,
     features: &str,
 ) -> (support::KillOnDrop, String, std::path::PathBuf) {
+    admin_host_with(dir, topic, features, "")
+}
+
+/// [`admin_host`] with more `[admin]` keys.
+fn admin_host_with(
+    dir: &Path,
+    topic: &str,
+    features: &str,
+    admin_extra: &str,
+) -> (support::KillOnDrop, String, std::path::PathBuf) {
     let api = format!("127.0.0.1:{}", support::free_port());
     let cfg = kafka_config_with(
         dir,
@@ -33,7 +43,7 @@ fn admin_host(
         &group_source(support::kafka_bootstrap(), None, ""),
         "checkpoint_interval = \"200ms\"",
         &format!(
-            "[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\"\n\n[admin]\nregistry_dir = \"{registry}\"\nmax_upload_bytes = {MAX_UPLOAD}\napply_timeout = \"20s\"\ntokens = [{{ token = \"{ADMIN}\", role = \"admin\" }}, {{ token = \"{READER}\", role = \"read\" }}]\n",
+            "[watermark]\nout_of_orderness = \"3h\"\n\n[api]\nlisten = \"{api}\"\n\n[admin]\nregistry_dir = \"{registry}\"\nmax_upload_bytes = {MAX_UPLOAD}\napply_timeout = \"20s\"\ntokens = [{{ token = \"{ADMIN}\", role = \"admin\" }}, {{ token = \"{READER}\", role = \"read\" }}]\n{admin_extra}\n",
             registry = dir.join("registry").display()
         ),
     )
@@ -696,6 +706,44 @@ fn a_quota_change_under_load_takes_effect_at_the_next_batch() {
         before_n >= 3_000 && after_n > 1_000,
         "before {before_n}, after {after_n}"
     );
+}
+
+/// With `admin.listen`, the admin routes answer there only, and serving,
+/// status and metrics only on `api.listen`.
+#[test]
+fn the_admin_api_can_have_a_listener_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "admin-own-listener";
+    support::kafka_topic(topic, 1);
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let (host, api, cfg) = admin_host_with(
+        dir.path(),
+        topic,
+        support::COUNTER_FEATURES,
+        &format!("listen = \"{admin}\""),
+    );
+    support::wait_until(
+        Duration::from_secs(30),
+        "the admin listener to answer",
+        || std::net::TcpStream::connect(&admin).is_ok(),
+    );
+    let (code, list) = get(&admin, Some(READER), "/v1/plugins");
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["plugins"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(get(&admin, None, "/v1/plugins").0, 401);
+    assert_eq!(
+        get(&api, Some(READER), "/v1/plugins").0,
+        404,
+        "not on the serving listener"
+    );
+    assert_eq!(
+        get(&admin, None, "/v1/status").0,
+        404,
+        "serving is not on the admin listener"
+    );
+    assert_eq!(get(&api, None, "/v1/status").0, 200);
+    let out = host.interrupt_and_wait();
+    assert!(out.status.success(), "{}", log_tail(&cfg, 20));
 }
 
 /// Which version processed a record: before the first boundary v1, then v2

@@ -149,7 +149,7 @@ impl AdminState {
             .route("/v1/plugins/{name}/rollback", post(rollback))
             .route("/v1/plugins/{name}/quotas", get(quotas).put(set_quotas))
             .route("/v1/pipeline", get(pipeline))
-            .layer(middleware::from_fn_with_state(self.clone(), authorize))
+            .route_layer(middleware::from_fn_with_state(self.clone(), authorize))
             .with_state(self)
     }
 }

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// A listener of the admin API's own (e.g. `127.0.0.1:9090`, reachable
+    /// by operators only); unset: the admin routes share `api.listen` with
+    /// serving and metrics.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Where uploaded plugin versions and each stage's active version are
     /// kept (relative paths: to the config file).
     #[serde(default = "default_registry_dir")]
@@ -76,6 +81,7 @@ fn default_apply_timeout() -> Duration {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
+            listen: None,
             registry_dir: default_registry_dir(),
             tokens: Vec::new(),
             token_file: None,
@@ -86,7 +92,18 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
-    pub(super) fn validate(&self, problems: &mut Vec<String>) {
+    pub(super) fn validate(&self, problems: &mut Vec<String>, api_listen: &str) {
+        if let Some(l) = &self.listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "admin.listen `{l}` is not an address like 127.0.0.1:9090"
+                ));
+            } else if l == api_listen {
+                problems.push(format!(
+                    "admin.listen `{l}` is api.listen too; leave admin.listen out to share it"
+                ));
+            }
+        }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.chars().count() < MIN_TOKEN_CHARS {
                 problems.push(format!(

@@ -797,7 +797,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         self.store.validate(&mut problems);
-        self.admin.validate(&mut problems);
+        self.admin.validate(&mut problems, &self.api.listen);
         if !(1..=1_000_000).contains(&self.api.max_batch_items) {
             problems.push(format!(
                 "api.max_batch_items {} must be between 1 and 1000000",
@@ -1069,6 +1069,21 @@ mod tests {
             matches!(Config::parse(&twice), Err(ConfigError::Invalid(p)) if p[0].contains("used twice"))
         );
         assert!(Config::parse(&good.replace("buckets = 8", "buckets = 8\nbukets = 2")).is_err());
+    }
+
+    #[test]
+    fn admin_listen_must_be_an_address_of_its_own() {
+        let with = |listen: &str| format!("{MINIMAL}\n[admin]\nlisten = \"{listen}\"\n");
+        assert!(Config::parse(&with("127.0.0.1:9090")).is_ok());
+        for (bad, why) in [
+            ("nine", "not an address"),
+            ("127.0.0.1:8080", "is api.listen too"),
+        ] {
+            assert!(
+                matches!(Config::parse(&with(bad)), Err(ConfigError::Invalid(p)) if p[0].contains(why)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
 use crate::config::Quotas;
-use crate::plugin::PluginKind;
+use crate::plugin::{sha256_hex, PluginKind};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -128,7 +126,7 @@ impl Registry {
         bytes: &[u8],
         config: Option<String>,
     ) -> Result<(VersionRecord, bool), RegistryError> {
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = sha256_hex(bytes);
         let mut state = self.state();
         if let Some(v) = state
             .versions
@@ -169,7 +167,7 @@ impl Registry {
             path: path.display().to_string(),
             source,
         })?;
-        if hex(&Sha256::digest(&bytes)) != v.sha256 {
+        if sha256_hex(&bytes) != v.sha256 {
             return Err(RegistryError::Corrupt {
                 path: path.display().to_string(),
                 message: format!("content does not match its SHA-256 {}", v.sha256),
@@ -222,10 +220,6 @@ impl Registry {
     fn blob_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{sha256}.wasm"))
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RegistryError> {

@@ -35,6 +35,16 @@ pub use runtime::{PluginRuntime, PluginSource};
 
 use std::fmt;
 
+/// The SHA-256 of `bytes` in lower-case hex: names components (the compile
+/// cache, the registry's blobs) and versions the config leaves unnamed.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Which world a plugin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

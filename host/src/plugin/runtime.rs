@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config as EngineConfig, Engine};
 
@@ -149,13 +148,13 @@ impl PluginRuntime {
         src: &PluginSource,
         kind: PluginKind,
     ) -> Result<(Component, PluginMeta), PluginError> {
-        let version = match &src.version {
-            Some(v) => v.clone(),
-            None => {
-                let digest = Sha256::digest(&src.bytes);
-                digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-            }
-        };
+        // Hashed once: names the compiled component, and the version when
+        // the config gives none.
+        let digest = super::sha256_hex(&src.bytes);
+        let version = src
+            .version
+            .clone()
+            .unwrap_or_else(|| digest[..12].to_string());
         let meta = PluginMeta {
             name: src.name.clone(),
             version,
@@ -166,26 +165,23 @@ impl PluginRuntime {
                 "this is a core WebAssembly module; build a component (cargo build --target wasm32-wasip2)".into(),
             ));
         }
-        let component = self.component(&src.bytes)?;
+        let component = self.component(&src.bytes, &digest)?;
         Ok((component, meta))
     }
 
     /// A compiled component: from memory when this process compiled the
     /// same bytes before, else see [`Self::component_from_disk_or_compile`].
-    fn component(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        let digest: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if let Some(c) = self.compiled.lock().expect("not poisoned").get(&digest) {
+    /// `digest` is the SHA-256 of `bytes`, in hex.
+    fn component(&self, bytes: &[u8], digest: &str) -> Result<Component, PluginError> {
+        if let Some(c) = self.compiled.lock().expect("not poisoned").get(digest) {
             return Ok(c.clone());
         }
-        let component = self.component_from_disk_or_compile(bytes, &digest)?;
+        let component = self.component_from_disk_or_compile(bytes, digest)?;
         let mut kept = self.compiled.lock().expect("not poisoned");
         if kept.len() >= COMPILED_KEPT {
             kept.clear();
         }
-        kept.insert(digest, component.clone());
+        kept.insert(digest.to_string(), component.clone());
         Ok(component)
     }
 

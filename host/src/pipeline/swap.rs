@@ -134,9 +134,10 @@ impl Pipeline {
                 ),
                 Err(e) => tracing::warn!(stage, error = %e, "admin change refused"),
             }
+            // Shown before the answer: a read right after it sees the change.
+            self.show_stages();
             request.finish(result);
         }
-        self.show_stages();
         Ok(())
     }
 
@@ -147,7 +148,7 @@ impl Pipeline {
             |kind: &str| format!("no {kind} stage named `{stage}` runs in this pipeline");
         match change {
             Change::Quotas(quotas) => {
-                if !self.stage_names().iter().any(|n| n == stage) {
+                if control.stage_config(stage).is_none() {
                     return Err(no_stage("plugin"));
                 }
                 registry
@@ -226,10 +227,6 @@ impl Pipeline {
             }
         }
         Ok(self.boundary())
-    }
-
-    fn stage_names(&self) -> Vec<String> {
-        self.stage_views().into_iter().map(|s| s.name).collect()
     }
 
     fn set_stage_quotas(&mut self, stage: &str, quotas: Quotas) {

@@ -103,6 +103,20 @@ fn upload(
     answer(with(token, req))
 }
 
+/// Uploads the windowed counter as `version` of `name` (world feature, the
+/// stage's config).
+fn upload_counter(api: &str, token: Option<&str>, name: &str, version: &str) -> (u16, Value) {
+    upload(
+        api,
+        token,
+        name,
+        version,
+        "feature",
+        wasm("windowed_counter"),
+        None,
+    )
+}
+
 fn get(api: &str, token: Option<&str>, path: &str) -> (u16, Value) {
     answer(with(token, http().get(format!("http://{api}{path}"))))
 }
@@ -207,25 +221,9 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
     assert_eq!(counter["state"], "active");
     assert!(counter["use"]["calls"].as_u64().unwrap() > 0, "{counter}");
     assert_eq!(counter["features"].as_array().unwrap().len(), 8);
-    let (code, body) = upload(
-        &api,
-        Some(READER),
-        stage,
-        "2",
-        "feature",
-        wasm("windowed_counter"),
-        None,
-    );
+    let (code, body) = upload_counter(&api, Some(READER), stage, "2");
     assert_eq!(code, 403, "{body}");
-    let (code, body) = upload(
-        &api,
-        None,
-        stage,
-        "2",
-        "feature",
-        wasm("windowed_counter"),
-        None,
-    );
+    let (code, body) = upload_counter(&api, None, stage, "2");
     assert_eq!(code, 401, "{body}");
 
     // Hostile uploads: each refused with its reason.
@@ -316,25 +314,9 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
             "{what}: {body}"
         );
     }
-    let (code, body) = upload(
-        &api,
-        Some(ADMIN),
-        "no-such-stage",
-        "1",
-        "feature",
-        wasm("windowed_counter"),
-        None,
-    );
+    let (code, body) = upload_counter(&api, Some(ADMIN), "no-such-stage", "1");
     assert_eq!(code, 404, "{body}");
-    let (code, body) = upload(
-        &api,
-        Some(ADMIN),
-        stage,
-        "bad version!",
-        "feature",
-        wasm("windowed_counter"),
-        None,
-    );
+    let (code, body) = upload_counter(&api, Some(ADMIN), stage, "bad version!");
     assert_eq!(code, 400, "{body}");
     // Nothing was stored by any of them.
     let (_, one) = get(&api, Some(READER), &format!("/v1/plugins/{stage}"));
@@ -342,33 +324,13 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
     assert!(!dir.path().join("registry").join("blobs").exists());
 
     // A good upload, the same again, other bytes under the same version.
-    let (code, body) = upload(
-        &api,
-        Some(ADMIN),
-        stage,
-        "2",
-        "feature",
-        wasm("windowed_counter"),
-        None,
-    );
+    let (code, body) = upload_counter(&api, Some(ADMIN), stage, "2");
     assert_eq!(code, 201, "{body}");
     assert!(
         body["smoke"]["updates"].as_u64().unwrap() > 0,
         "smoke call ran on real events: {body}"
     );
-    assert_eq!(
-        upload(
-            &api,
-            Some(ADMIN),
-            stage,
-            "2",
-            "feature",
-            wasm("windowed_counter"),
-            None
-        )
-        .0,
-        200
-    );
+    assert_eq!(upload_counter(&api, Some(ADMIN), stage, "2").0, 200);
     let (code, body) = upload(
         &api,
         Some(ADMIN),

@@ -50,7 +50,7 @@ use crate::pipeline::{Change, ControlError, PipelineControl, StageView};
 use crate::plugin::PluginSource;
 use auth::Tokens;
 use registry::VersionRecord;
-use upload::load;
+use upload::{load, load_stored};
 
 /// Every way an admin request fails.
 #[derive(Debug)]
@@ -276,15 +276,7 @@ async fn activate(
                 req.version
             )));
         }
-        let bytes = control.registry().bytes(&record)?;
-        let plugin = load(
-            &control,
-            &name,
-            record.kind,
-            Some(record.version.clone()),
-            bytes,
-            record.config.clone(),
-        )?;
+        let plugin = load_stored(&control, &record)?;
         let applied = control.submit(
             &name,
             Change::Activate {
@@ -330,15 +322,7 @@ async fn rollback(
                         "version `{v}` of `{name}` is missing from the registry"
                     ))
                 })?;
-                let bytes = control.registry().bytes(&r)?;
-                load(
-                    &control,
-                    &name,
-                    kind,
-                    Some(v.clone()),
-                    bytes,
-                    r.config.clone(),
-                )?
+                load_stored(&control, &r)?
             }
             None => {
                 let src = PluginSource::from_config(&cfg)
@@ -346,6 +330,7 @@ async fn rollback(
                 load(&control, &name, kind, None, src.bytes, None)?
             }
         };
+        let version = plugin.meta().version.clone();
         let applied = control.submit(
             &name,
             Change::Activate {
@@ -357,7 +342,7 @@ async fn rollback(
         )?;
         Ok(json!({
             "name": name,
-            "version": stage_view(&control, &name).map(|v| v.version).unwrap_or_default(),
+            "version": version,
             "source": if target.is_some() { "registry" } else { "config" },
             "previous": view.version,
             "boundary": applied,

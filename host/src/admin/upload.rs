@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Instant;
 
+use super::registry::VersionRecord;
 use super::{blocking, stage_view, AdminError, AdminState};
 use crate::pipeline::{LoadedPlugin, PipelineControl};
 use crate::plugin::{PluginError, PluginKind, PluginSource};
@@ -95,6 +96,23 @@ pub(super) fn load(
             LoadedPlugin::Feature(Box::new(p))
         }
     })
+}
+
+/// Loads an uploaded version from the registry (its bytes checked against
+/// their digest) with the config it was uploaded with.
+pub(super) fn load_stored(
+    control: &PipelineControl,
+    record: &VersionRecord,
+) -> Result<LoadedPlugin, AdminError> {
+    let bytes = control.registry().bytes(record)?;
+    load(
+        control,
+        &record.name,
+        record.kind,
+        Some(record.version.clone()),
+        bytes,
+        record.config.clone(),
+    )
 }
 
 /// One call on records the pipeline read lately (or a stand-in record

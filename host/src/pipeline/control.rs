@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::admin::registry::Registry;
 use crate::config::{PluginConfig, Quotas};
 use crate::plugin::{
-    FeaturePlugin, LatePlugin, ParserPlugin, PluginHealth, PluginKind, PluginRuntime,
+    FeaturePlugin, LatePlugin, ParserPlugin, PluginHealth, PluginKind, PluginMeta, PluginRuntime,
 };
 use crate::record::{EventBatch, RawBatch};
 
@@ -33,6 +33,16 @@ pub enum LoadedPlugin {
     Parser(Box<ParserPlugin>),
     Feature(Box<FeaturePlugin>),
     Late(Box<LatePlugin>),
+}
+
+impl LoadedPlugin {
+    pub fn meta(&self) -> &PluginMeta {
+        match self {
+            LoadedPlugin::Parser(p) => p.meta(),
+            LoadedPlugin::Feature(p) => p.meta(),
+            LoadedPlugin::Late(p) => p.meta(),
+        }
+    }
 }
 
 /// One change to one stage.

@@ -114,6 +114,19 @@ enum PluginCommand {
         #[arg(long = "set")]
         set: Vec<String>,
     },
+    /// Shadow runs: `shadow NAME VERSION` runs an uploaded version beside
+    /// the live one (outputs compared, never written); `shadow NAME` shows
+    /// the comparison; `shadow NAME --stop` ends it. Activate the version
+    /// to promote it.
+    Shadow {
+        name: String,
+        version: Option<String>,
+        /// Most time the shadow may take, as a share of the live path's.
+        #[arg(long, conflicts_with = "stop")]
+        max_share: Option<f64>,
+        #[arg(long, conflicts_with = "version")]
+        stop: bool,
+    },
     /// The pipeline as configured.
     Pipeline,
 }
@@ -227,6 +240,16 @@ fn plugin_command(api: &str, token: Option<String>, command: PluginCommand) -> R
             }
             client.set_quotas(&name, &serde_json::Value::Object(change))?
         }
+        PluginCommand::Shadow {
+            name, stop: true, ..
+        } => client.stop_shadow(&name)?,
+        PluginCommand::Shadow {
+            name,
+            version: Some(version),
+            max_share,
+            ..
+        } => client.shadow(&name, &version, max_share)?,
+        PluginCommand::Shadow { name, .. } => client.shadow_report(&name)?,
         PluginCommand::Pipeline => client.pipeline()?,
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);

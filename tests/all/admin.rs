@@ -14,14 +14,14 @@ use serde_json::{json, Value};
 use crate::kafka::{group_source, kafka_config_with, log_tail, messages, serving_host, status};
 use crate::support;
 
-const ADMIN: &str = "admin-token-for-the-tests-01";
-const READER: &str = "read-token-for-the-tests-001";
+pub(crate) const ADMIN: &str = "admin-token-for-the-tests-01";
+pub(crate) const READER: &str = "read-token-for-the-tests-001";
 /// The upload limit the hosts here run with (the plugins are ~3.5 MB).
 const MAX_UPLOAD: usize = 4 << 20;
 
 /// A host over `topic` that never ends by itself, with the admin API on,
 /// `features` as the windowed counter's config (TOML), and its API address.
-fn admin_host(
+pub(crate) fn admin_host(
     dir: &Path,
     topic: &str,
     features: &str,
@@ -30,7 +30,7 @@ fn admin_host(
 }
 
 /// [`admin_host`] with more `[admin]` keys.
-fn admin_host_with(
+pub(crate) fn admin_host_with(
     dir: &Path,
     topic: &str,
     features: &str,
@@ -57,14 +57,14 @@ fn admin_host_with(
     (host, api, path)
 }
 
-fn http() -> Client {
+pub(crate) fn http() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
 }
 
-fn with(token: Option<&str>, req: RequestBuilder) -> Response {
+pub(crate) fn with(token: Option<&str>, req: RequestBuilder) -> Response {
     match token {
         Some(t) => req.bearer_auth(t),
         None => req,
@@ -74,7 +74,7 @@ fn with(token: Option<&str>, req: RequestBuilder) -> Response {
 }
 
 /// (status, body as JSON).
-fn answer(resp: Response) -> (u16, Value) {
+pub(crate) fn answer(resp: Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().unwrap();
     (
@@ -83,7 +83,7 @@ fn answer(resp: Response) -> (u16, Value) {
     )
 }
 
-fn upload(
+pub(crate) fn upload(
     api: &str,
     token: Option<&str>,
     name: &str,
@@ -105,7 +105,12 @@ fn upload(
 
 /// Uploads the windowed counter as `version` of `name` (world feature, the
 /// stage's config).
-fn upload_counter(api: &str, token: Option<&str>, name: &str, version: &str) -> (u16, Value) {
+pub(crate) fn upload_counter(
+    api: &str,
+    token: Option<&str>,
+    name: &str,
+    version: &str,
+) -> (u16, Value) {
     upload(
         api,
         token,
@@ -117,11 +122,16 @@ fn upload_counter(api: &str, token: Option<&str>, name: &str, version: &str) -> 
     )
 }
 
-fn get(api: &str, token: Option<&str>, path: &str) -> (u16, Value) {
+pub(crate) fn get(api: &str, token: Option<&str>, path: &str) -> (u16, Value) {
     answer(with(token, http().get(format!("http://{api}{path}"))))
 }
 
-fn post(api: &str, token: Option<&str>, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn post(
+    api: &str,
+    token: Option<&str>,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let req = http().post(format!("http://{api}{path}"));
     let req = match body {
         Some(b) => req.json(&b),
@@ -130,23 +140,23 @@ fn post(api: &str, token: Option<&str>, path: &str, body: Option<Value>) -> (u16
     answer(with(token, req))
 }
 
-fn put_json(api: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+pub(crate) fn put_json(api: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
     answer(with(
         token,
         http().put(format!("http://{api}{path}")).json(&body),
     ))
 }
 
-fn wasm(name: &str) -> Vec<u8> {
+pub(crate) fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(support::plugin(name)).unwrap()
 }
 
-fn error_of(v: &Value) -> String {
+pub(crate) fn error_of(v: &Value) -> String {
     v["error"].as_str().unwrap_or_default().to_string()
 }
 
 /// Produces `msgs` in chunks of `chunk`, `pause` apart, on another thread.
-fn produce_in_chunks(
+pub(crate) fn produce_in_chunks(
     topic: &'static str,
     msgs: Vec<crate::kafka::Msg>,
     chunk: usize,
@@ -161,7 +171,7 @@ fn produce_in_chunks(
 }
 
 /// Each message's (partition, offset) in a topic it was the first to fill.
-fn offsets(msgs: &[crate::kafka::Msg]) -> Vec<(i32, i64)> {
+pub(crate) fn offsets(msgs: &[crate::kafka::Msg]) -> Vec<(i32, i64)> {
     let mut next: HashMap<i32, i64> = HashMap::new();
     msgs.iter()
         .map(|(p, _, _)| {
@@ -173,7 +183,7 @@ fn offsets(msgs: &[crate::kafka::Msg]) -> Vec<(i32, i64)> {
 }
 
 /// Waits until the host has read `n` records.
-fn wait_for_records(api: &str, n: u64) {
+pub(crate) fn wait_for_records(api: &str, n: u64) {
     support::wait_until(
         Duration::from_secs(120),
         &format!("{n} records read"),
@@ -469,7 +479,7 @@ fn admin_endpoints_check_tokens_refuse_hostile_uploads_and_change_nothing_when_t
             assert_eq!(code, 401, "{method} {path}: {body}");
         }
     }
-    assert_eq!(admin_routes, 8);
+    assert_eq!(admin_routes, 11);
 
     // The pipeline, without credentials.
     let (code, p) = get(&api, Some(READER), "/v1/pipeline");

@@ -8,6 +8,7 @@ mod kafka;
 mod kafka_source;
 mod restart;
 mod servers;
+mod shadow;
 mod smb;
 mod smb_pipeline;
 mod sources;

@@ -120,6 +120,32 @@ impl AdminClient {
         self.send(self.http.put(&url).json(change), &url)
     }
 
+    /// Starts a shadow run of `version` (`max_share`: the host's default
+    /// when `None`).
+    pub fn shadow(
+        &self,
+        name: &str,
+        version: &str,
+        max_share: Option<f64>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/shadow"));
+        let mut body = serde_json::json!({ "version": version });
+        if let Some(share) = max_share {
+            body["max_share"] = share.into();
+        }
+        self.send(self.http.post(&url).json(&body), &url)
+    }
+
+    pub fn shadow_report(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/shadow"));
+        self.send(self.http.get(&url), &url)
+    }
+
+    pub fn stop_shadow(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/v1/plugins/{name}/shadow"));
+        self.send(self.http.delete(&url), &url)
+    }
+
     pub fn pipeline(&self) -> Result<Value, ClientError> {
         let url = self.url("/v1/pipeline");
         self.send(self.http.get(&url), &url)

@@ -21,6 +21,8 @@
 //!   activation replaced.
 //! - `GET /v1/plugins/{name}/quotas`, `PUT` with some or all quota fields —
 //!   in force from the next batch, kept across restarts.
+//! - `POST|GET|DELETE /v1/plugins/{name}/shadow` — shadow runs: an uploaded
+//!   version beside the live one, its outputs compared (`shadow.rs`).
 //! - `GET /v1/pipeline` — the pipeline as configured.
 //!
 //! Reads need a `read` or `admin` token, changes an `admin` token: 401
@@ -30,6 +32,7 @@
 pub mod auth;
 pub mod client;
 pub mod registry;
+mod shadow;
 mod upload;
 
 use std::sync::Arc;
@@ -46,7 +49,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{AdminRole, Config, OutputConfig, Quotas, SourceConfig, StoreConfig};
-use crate::pipeline::{Change, ControlError, PipelineControl, StageView};
+use crate::pipeline::{Change, ControlError, PipelineControl, ShadowState, StageView};
 use crate::plugin::PluginSource;
 use auth::Tokens;
 use registry::VersionRecord;
@@ -119,6 +122,7 @@ pub struct AdminState {
     tokens: Arc<Tokens>,
     max_upload_bytes: usize,
     apply_timeout: std::time::Duration,
+    shadow_max_share: f64,
     /// `GET /v1/pipeline`, from the config.
     pipeline: Arc<Value>,
 }
@@ -130,6 +134,7 @@ impl AdminState {
             tokens: Arc::new(tokens),
             max_upload_bytes: cfg.admin.max_upload_bytes,
             apply_timeout: cfg.admin.apply_timeout,
+            shadow_max_share: cfg.admin.shadow_max_share,
             pipeline: Arc::new(pipeline_view(cfg)),
         }
     }
@@ -147,6 +152,10 @@ impl AdminState {
             .route("/v1/plugins/{name}/activate", post(activate))
             .route("/v1/plugins/{name}/rollback", post(rollback))
             .route("/v1/plugins/{name}/quotas", get(quotas).put(set_quotas))
+            .route(
+                "/v1/plugins/{name}/shadow",
+                get(shadow::report).post(shadow::start).delete(shadow::stop),
+            )
             .route("/v1/pipeline", get(pipeline))
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize))
             .with_state(self)
@@ -204,9 +213,58 @@ fn stage_view(control: &PipelineControl, name: &str) -> Result<StageView, AdminE
         .ok_or_else(|| AdminError::NotFound(format!("no stage runs a plugin named `{name}`")))
 }
 
+/// An uploaded version of a stage, or 404.
+fn uploaded(
+    control: &PipelineControl,
+    name: &str,
+    version: &str,
+) -> Result<VersionRecord, AdminError> {
+    control.registry().version(name, version).ok_or_else(|| {
+        AdminError::NotFound(format!("`{name}` has no uploaded version `{version}`"))
+    })
+}
+
 fn describe(control: &PipelineControl, s: &StageView) -> Value {
     let registry = control.registry();
     let record = registry.stage(&s.name);
+    let shadowing = s
+        .shadow
+        .as_ref()
+        .filter(|r| matches!(r.state, ShadowState::Running | ShadowState::Quarantined));
+    // Each uploaded version's state: the live one, the shadow, or stored.
+    let versions: Vec<Value> = registry
+        .versions(&s.name)
+        .into_iter()
+        .map(|v| {
+            let state = if s.from_registry && v.version == s.version {
+                if s.health.quarantined {
+                    "quarantined"
+                } else {
+                    "active"
+                }
+            } else if let Some(r) = shadowing.filter(|r| r.version == v.version) {
+                if r.state == ShadowState::Quarantined {
+                    "quarantined"
+                } else {
+                    "shadow"
+                }
+            } else {
+                "stored"
+            };
+            let mut v = serde_json::to_value(v).unwrap_or_default();
+            v["state"] = json!(state);
+            v
+        })
+        .collect();
+    let shadow = s.shadow.as_ref().map(|r| {
+        json!({
+            "version": r.version,
+            "state": r.state,
+            "records_compared": r.records_compared,
+            "records_differing": r.records_differing,
+            "records_skipped": r.records_skipped,
+        })
+    });
     json!({
         "name": s.name,
         "kind": s.kind,
@@ -217,8 +275,9 @@ fn describe(control: &PipelineControl, s: &StageView) -> Value {
         "quotas": s.quotas,
         "use": s.health,
         "features": s.features,
-        "versions": registry.versions(&s.name),
+        "versions": versions,
         "history": record.history,
+        "shadow": shadow,
     })
 }
 
@@ -259,16 +318,7 @@ async fn activate(
     let (control, timeout) = (s.control.clone(), s.apply_timeout);
     let answer = blocking(move || {
         let started = Instant::now();
-        let record: VersionRecord =
-            control
-                .registry()
-                .version(&name, &req.version)
-                .ok_or_else(|| {
-                    AdminError::NotFound(format!(
-                        "`{name}` has no uploaded version `{}`",
-                        req.version
-                    ))
-                })?;
+        let record = uploaded(&control, &name, &req.version)?;
         let view = stage_view(&control, &name)?;
         if control.registry().stage(&name).active.as_deref() == Some(req.version.as_str()) {
             return Err(AdminError::Conflict(format!(

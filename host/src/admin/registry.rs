@@ -65,6 +65,17 @@ pub struct StageRecord {
     /// Quotas changed over the admin API (instead of the config's).
     #[serde(default)]
     pub quotas: Option<Quotas>,
+    /// A version running as this stage's shadow (resumed after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
+}
+
+/// A stage's shadow run: which version, within which share of the live
+/// path's time.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ShadowRecord {
+    pub version: String,
+    pub max_share: f64,
 }
 
 #[derive(Default)]
@@ -182,7 +193,8 @@ impl Registry {
 
     /// Records `version` as the stage's active one; the one it replaces
     /// goes onto the history (`rollback = false`), or the history's last is
-    /// taken off (`rollback = true`, `version` being that last).
+    /// taken off (`rollback = true`, `version` being that last). A shadow of
+    /// that version ends: it is promoted.
     pub fn set_active(
         &self,
         stage: &str,
@@ -190,6 +202,9 @@ impl Registry {
         rollback: bool,
     ) -> Result<(), RegistryError> {
         self.update_stage(stage, |r| {
+            if r.shadow.as_ref().map(|s| &s.version) == version.as_ref() {
+                r.shadow = None;
+            }
             let previous = std::mem::replace(&mut r.active, version);
             if rollback {
                 r.history.pop();
@@ -201,6 +216,14 @@ impl Registry {
 
     pub fn set_quotas(&self, stage: &str, quotas: Quotas) -> Result<(), RegistryError> {
         self.update_stage(stage, |r| r.quotas = Some(quotas))
+    }
+
+    pub fn set_shadow(
+        &self,
+        stage: &str,
+        shadow: Option<ShadowRecord>,
+    ) -> Result<(), RegistryError> {
+        self.update_stage(stage, |r| r.shadow = shadow)
     }
 
     /// Changes one stage's record on disk first, then in memory.

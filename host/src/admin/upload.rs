@@ -72,30 +72,22 @@ pub(super) fn load(
         quotas,
         quarantine: cfg.quarantine.clone(),
     };
-    let rt = control.runtime();
-    let refused = |e: PluginError| match e {
+    let plugin = LoadedPlugin::load(control.runtime(), kind, &src).map_err(|e| match e {
         PluginError::NotAComponent(_) | PluginError::WrongWorld { .. } => {
             AdminError::BadRequest(e.to_string())
         }
         other => AdminError::Unprocessable(format!("the plugin failed to start: {other}")),
-    };
-    Ok(match kind {
-        PluginKind::Parser => {
-            LoadedPlugin::Parser(Box::new(rt.load_parser(&src).map_err(refused)?))
+    })?;
+    if let LoadedPlugin::Feature(p) = &plugin {
+        for spec in p.specs() {
+            StoredFeature::from_spec(stage, spec)
+                .validate()
+                .map_err(|reason| {
+                    AdminError::Unprocessable(format!("feature `{}`: {reason}", spec.name))
+                })?;
         }
-        PluginKind::Late => LoadedPlugin::Late(Box::new(rt.load_late(&src).map_err(refused)?)),
-        PluginKind::Feature => {
-            let p = rt.load_feature(&src).map_err(refused)?;
-            for spec in p.specs() {
-                StoredFeature::from_spec(stage, spec)
-                    .validate()
-                    .map_err(|reason| {
-                        AdminError::Unprocessable(format!("feature `{}`: {reason}", spec.name))
-                    })?;
-            }
-            LoadedPlugin::Feature(Box::new(p))
-        }
-    })
+    }
+    Ok(plugin)
 }
 
 /// Loads an uploaded version from the registry (its bytes checked against

@@ -33,6 +33,10 @@ pub struct AdminConfig {
     /// reach a batch boundary before it gives up (and changes nothing).
     #[serde(default = "default_apply_timeout", with = "super::humantime_serde")]
     pub apply_timeout: Duration,
+    /// Default for a shadow run's `max_share`: the most time a shadow
+    /// version may take, as a share of the time the live path takes.
+    #[serde(default = "default_shadow_max_share")]
+    pub shadow_max_share: f64,
 }
 
 /// One bearer token.
@@ -77,6 +81,19 @@ fn default_max_upload_bytes() -> usize {
 fn default_apply_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_shadow_max_share() -> f64 {
+    0.25
+}
+
+/// Largest `max_share` a shadow run may have: 10× the live path's time.
+pub const MAX_SHADOW_SHARE: f64 = 10.0;
+
+/// Why `share` is not a valid shadow share, if it is not.
+pub fn shadow_share_problem(share: f64) -> Option<String> {
+    (!(share > 0.0 && share <= MAX_SHADOW_SHARE)).then(|| {
+        format!("a shadow's max_share {share} must be more than 0 and at most {MAX_SHADOW_SHARE}")
+    })
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -87,6 +104,7 @@ impl Default for AdminConfig {
             token_file: None,
             max_upload_bytes: default_max_upload_bytes(),
             apply_timeout: default_apply_timeout(),
+            shadow_max_share: default_shadow_max_share(),
         }
     }
 }
@@ -120,5 +138,9 @@ impl AdminConfig {
         if self.apply_timeout.is_zero() || self.apply_timeout > Duration::from_secs(600) {
             problems.push("admin.apply_timeout must be more than 0 and at most 10m".into());
         }
+        problems.extend(
+            shadow_share_problem(self.shadow_max_share)
+                .map(|p| format!("admin.shadow_max_share: {p}")),
+        );
     }
 }

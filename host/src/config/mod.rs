@@ -14,7 +14,7 @@ use crate::error::ConfigError;
 mod admin;
 mod store;
 
-pub use admin::{AdminConfig, AdminRole, AdminToken, MIN_TOKEN_CHARS};
+pub use admin::{shadow_share_problem, AdminConfig, AdminRole, AdminToken, MIN_TOKEN_CHARS};
 pub use store::{Consistency, ScyllaConfig, ScyllaRole, StoreConfig, TileCacheConfig};
 
 /// The whole host configuration.

@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::shadow::ShadowReport;
 use crate::admin::registry::Registry;
 use crate::config::{PluginConfig, Quotas};
 use crate::plugin::{
-    FeaturePlugin, LatePlugin, ParserPlugin, PluginHealth, PluginKind, PluginMeta, PluginRuntime,
+    FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginHealth, PluginKind, PluginMeta,
+    PluginRuntime, PluginSource,
 };
 use crate::record::{EventBatch, RawBatch};
 
@@ -36,6 +38,19 @@ pub enum LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Loads and initialises `src` as a plugin of `kind`.
+    pub fn load(
+        runtime: &PluginRuntime,
+        kind: PluginKind,
+        src: &PluginSource,
+    ) -> Result<Self, PluginError> {
+        Ok(match kind {
+            PluginKind::Parser => LoadedPlugin::Parser(Box::new(runtime.load_parser(src)?)),
+            PluginKind::Feature => LoadedPlugin::Feature(Box::new(runtime.load_feature(src)?)),
+            PluginKind::Late => LoadedPlugin::Late(Box::new(runtime.load_late(src)?)),
+        })
+    }
+
     pub fn meta(&self) -> &PluginMeta {
         match self {
             LoadedPlugin::Parser(p) => p.meta(),
@@ -56,6 +71,16 @@ pub enum Change {
     },
     /// New quotas, from the next call on.
     Quotas(Quotas),
+    /// Run `plugin` (uploaded as `version`) as the stage's shadow, within
+    /// `max_share` of the live path's time (see `shadow.rs`); replaces a
+    /// shadow already running.
+    Shadow {
+        plugin: LoadedPlugin,
+        version: String,
+        max_share: f64,
+    },
+    /// End the stage's shadow run.
+    EndShadow,
 }
 
 /// Where the pipeline was when a change took effect.
@@ -66,6 +91,9 @@ pub struct Applied {
     /// The source's positions at the boundary (Kafka: `kafka:<topic>:<p>` →
     /// next offset), covering exactly the records read before.
     pub positions: BTreeMap<String, i64>,
+    /// A shadow run this change ended (a stop, or a promotion): its report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowReport>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -128,6 +156,8 @@ pub struct StageView {
     pub health: PluginHealth,
     /// Feature plugins: the features they define now.
     pub features: Vec<String>,
+    /// The stage's shadow run, running or the last one ended.
+    pub shadow: Option<ShadowReport>,
 }
 
 /// A few records the pipeline read lately and the events its parser made
@@ -285,6 +315,7 @@ mod tests {
         Applied {
             records_before: n,
             positions: BTreeMap::new(),
+            shadow: None,
         }
     }
 

@@ -13,6 +13,9 @@
 //! carry on. Repeated failures quarantine the plugin (config decides whether
 //! the pipeline then halts or dead-letters what that plugin would see).
 //!
+//! A stage may also run a shadow version beside the live one on the same
+//! batches, its outputs compared and never written (`shadow.rs`).
+//!
 //! Events that pass late-data routing also go to the configured outputs
 //! (SMB files), which reject what they cannot write to the dead letter.
 //!
@@ -24,12 +27,14 @@
 //! were never written, and outputs replay their logs to the committed state.
 
 mod control;
+mod shadow;
 mod stats;
 mod swap;
 
 pub use control::{
     Applied, Change, ControlError, LoadedPlugin, PipelineControl, Sample, StageView, SAMPLE_RECORDS,
 };
+pub use shadow::{Outcome, ShadowExample, ShadowReport, ShadowState};
 pub use stats::{Progress, RunStats};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +57,7 @@ use crate::sources::{self, Source, SourceBatch};
 use crate::stores::{Checkpoint, StoreError, TileStore};
 use crate::telemetry::status::{StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
+use shadow::{Compared, Outcomes};
 
 /// Opens every configured output at the state its last checkpoint committed.
 fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, PipelineError> {
@@ -145,6 +151,8 @@ pub struct Pipeline {
     _runtime: Arc<PluginRuntime>,
     /// Changes from the admin API, applied between batches (`swap.rs`).
     control: Arc<PipelineControl>,
+    /// Shadow versions running beside live stages (`shadow.rs`).
+    shadows: shadow::Shadows,
     store: Arc<dyn TileStore>,
     source: Box<dyn Source>,
     tiler: Tiler,
@@ -259,11 +267,13 @@ impl Pipeline {
                 event_types: plugin_cfg.event_types.clone(),
             });
         }
+        let stage_configs = swap::stage_configs(&cfg);
+        let shadows = swap::restore_shadows(&stage_configs, &registry, &runtime);
         let control = Arc::new(PipelineControl::new(
             &cfg.pipeline.name,
             runtime.clone(),
             Arc::new(registry),
-            swap::stage_configs(&cfg),
+            stage_configs,
         ));
 
         let source = sources::build(&cfg.source, &store, &cfg.pipeline.name)?;
@@ -289,6 +299,7 @@ impl Pipeline {
             late,
             _runtime: runtime,
             control,
+            shadows,
             store,
             source,
             tiler: Tiler::new(),
@@ -619,30 +630,60 @@ impl Pipeline {
             batch.raw.partition,
             batch.raw.offsets.len() as u64,
         );
+        let started = (!self.shadows.is_empty()).then(|| (Instant::now(), self.shadows.spent()));
+        let i = self.parser_index(&batch.raw.topic);
+        let stage = self.parsers[i].meta().name.clone();
+        let mut shadowed = self.shadows.due(&stage, batch.raw.offsets.len()).map(|s| {
+            (
+                s.parse(&batch.raw),
+                Outcomes::default(),
+                Compared::all(&batch.raw),
+            )
+        });
         let mut chunks = Vec::new();
-        self.parse_isolating(batch.raw, &mut chunks)?;
+        let live = shadowed.as_mut().map(|(_, live, _)| live);
+        self.parse_isolating(batch.raw, &mut chunks, live)?;
+        if let Some((shadow, live, compared)) = shadowed {
+            if let Some(s) = self.shadows.get_mut(&stage) {
+                s.compare(compared, live, shadow);
+            }
+        }
         if let Some((raw, events)) = chunks.first() {
             self.offer_sample(raw, events);
         }
         for (raw, events) in chunks {
             self.process_events(&raw, events)?;
         }
+        if let Some((at, spent_before)) = started {
+            let shadows = self.shadows.spent() - spent_before;
+            self.shadows.add_live(at.elapsed().saturating_sub(shadows));
+        }
         Ok(())
+    }
+
+    /// The parser for `topic`'s batches.
+    fn parser_index(&self, topic: &str) -> usize {
+        self.parser_for_topic.get(topic).copied().unwrap_or(0)
     }
 
     /// Parses `raw`; on a failed call, halves and retries so that only the
     /// records that break the parser are dead-lettered. Successful pieces are
-    /// pushed to `out` in input order.
+    /// pushed to `out` in input order; with a shadow running, what became of
+    /// each record goes to `live` too.
     fn parse_isolating(
         &mut self,
         raw: RawBatch,
         out: &mut Vec<(RawBatch, EventBatch)>,
+        mut live: Option<&mut Outcomes>,
     ) -> Result<(), PipelineError> {
-        let i = self.parser_for_topic.get(&raw.topic).copied().unwrap_or(0);
+        let i = self.parser_index(&raw.topic);
         let parser = &mut self.parsers[i];
         match parser.parse(&raw) {
             Ok(parsed) => {
                 let meta = parser.meta().clone();
+                if let Some(live) = live {
+                    live.add_parsed(&raw, &parsed);
+                }
                 for e in &parsed.errors {
                     self.dead_letter(Stage::Parse, Some(&meta), &e.reason, &raw, e.row as usize)?;
                 }
@@ -656,6 +697,11 @@ impl Pipeline {
                 if parser.health().quarantined {
                     let action = parser.quarantine_policy().action;
                     let failures = parser.health().consecutive_failures;
+                    if let Some(live) = live {
+                        for o in &raw.offsets {
+                            live.fail(*o, &format!("plugin quarantined ({err})"));
+                        }
+                    }
                     return self.quarantined(
                         action,
                         &meta,
@@ -668,13 +714,16 @@ impl Pipeline {
                 }
                 let n = raw.offsets.len();
                 if n == 1 {
+                    if let Some(live) = live {
+                        live.fail(raw.offsets[0], &err.to_string());
+                    }
                     return self.dead_letter(Stage::Parse, Some(&meta), &err.to_string(), &raw, 0);
                 }
                 let mid = (n / 2) as u32;
                 let left: Vec<u32> = (0..mid).collect();
                 let right: Vec<u32> = (mid..n as u32).collect();
-                self.parse_isolating(select_raw(&raw, &left), out)?;
-                self.parse_isolating(select_raw(&raw, &right), out)
+                self.parse_isolating(select_raw(&raw, &left), out, live.as_deref_mut())?;
+                self.parse_isolating(select_raw(&raw, &right), out, live)
             }
         }
     }
@@ -715,9 +764,9 @@ impl Pipeline {
         self.stats.events_out += events.len as u64;
         for i in 0..self.features.len() {
             match self.features[i].rows(&events) {
-                None => self.feature_isolating(i, raw, &events)?,
+                None => self.run_feature(i, raw, &events)?,
                 Some(rows) if rows.is_empty() => {}
-                Some(rows) => self.feature_isolating(i, raw, &select_events(&events, &rows))?,
+                Some(rows) => self.run_feature(i, raw, &select_events(&events, &rows))?,
             }
         }
         for i in 0..self.outputs.len() {
@@ -768,7 +817,22 @@ impl Pipeline {
             watermark: wm,
         };
         let meta = handler.meta().clone();
-        let decisions = match handler.decide(&batch) {
+        let shadow = self
+            .shadows
+            .due(&meta.name, late_rows.len())
+            .map(|s| s.decide(raw, &batch));
+        let decided = handler.decide(&batch);
+        if let Some(shadow) = shadow {
+            let mut live = Outcomes::default();
+            match &decided {
+                Ok(d) => live.add_decisions(raw, &batch.events, d),
+                Err(e) => live.fail_rows(raw, &batch.events.source_row, &e.to_string()),
+            }
+            if let Some(s) = self.shadows.get_mut(&meta.name) {
+                s.compare(Compared::of_events(raw, &batch.events), live, shadow);
+            }
+        }
+        let decisions = match decided {
             Ok(d) => d,
             Err(err) => {
                 // Without a decision no late event may be guessed at: all go to the dead letter.
@@ -839,17 +903,42 @@ impl Pipeline {
         Ok(select_events(&events, &keep))
     }
 
-    /// Runs feature plugin `i` over `events`, halving on failure so that only
-    /// the events that break it are dead-lettered, and folds updates into tiles.
-    fn feature_isolating(
+    /// Runs feature stage `i` over `events`, and its shadow if one runs.
+    fn run_feature(
         &mut self,
         i: usize,
         raw: &RawBatch,
         events: &EventBatch,
     ) -> Result<(), PipelineError> {
+        let name = self.features[i].plugin.meta().name.clone();
+        let Some(shadow) = self.shadows.due(&name, events.len as usize) else {
+            return self.feature_isolating(i, raw, events, None);
+        };
+        let shadow = shadow.process(raw, events);
+        let mut live = Outcomes::default();
+        self.feature_isolating(i, raw, events, Some(&mut live))?;
+        if let Some(s) = self.shadows.get_mut(&name) {
+            s.compare(Compared::of_events(raw, events), live, shadow);
+        }
+        Ok(())
+    }
+
+    /// Runs feature plugin `i` over `events`, halving on failure so that only
+    /// the events that break it are dead-lettered, and folds updates into
+    /// tiles; with `live`, also records what became of each record.
+    fn feature_isolating(
+        &mut self,
+        i: usize,
+        raw: &RawBatch,
+        events: &EventBatch,
+        mut live: Option<&mut Outcomes>,
+    ) -> Result<(), PipelineError> {
         let stage = &mut self.features[i];
         match stage.plugin.process(events) {
             Ok(updates) => {
+                if let Some(live) = live {
+                    live.add_updates(stage.plugin.specs(), raw, events, &updates);
+                }
                 let rejections = self.tiler.apply(&stage.defs, events, &updates);
                 self.stats.updates += (updates.row.len() - rejections.len()) as u64;
                 if !rejections.is_empty() {
@@ -869,6 +958,11 @@ impl Pipeline {
                         stage.plugin.health().consecutive_failures,
                     );
                     let rows: Vec<usize> = events.source_row.iter().map(|r| *r as usize).collect();
+                    if let Some(live) = live {
+                        for r in &rows {
+                            live.fail(raw.offsets[*r], &format!("plugin quarantined ({err})"));
+                        }
+                    }
                     return self.quarantined(
                         action,
                         &meta,
@@ -881,6 +975,9 @@ impl Pipeline {
                 }
                 let n = events.len;
                 if n == 1 {
+                    if let Some(live) = live {
+                        live.fail(raw.offsets[events.source_row[0] as usize], &err.to_string());
+                    }
                     return self.dead_letter(
                         Stage::Feature,
                         Some(&meta),
@@ -892,8 +989,9 @@ impl Pipeline {
                 let mid = n / 2;
                 let left: Vec<u32> = (0..mid).collect();
                 let right: Vec<u32> = (mid..n).collect();
-                self.feature_isolating(i, raw, &select_events(events, &left))?;
-                self.feature_isolating(i, raw, &select_events(events, &right))
+                let left = select_events(events, &left);
+                self.feature_isolating(i, raw, &left, live.as_deref_mut())?;
+                self.feature_isolating(i, raw, &select_events(events, &right), live)
             }
         }
     }

@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 
 use super::control::{Applied, Change, LoadedPlugin, Sample, StageView, SAMPLE_RECORDS};
+use super::shadow::{Shadow, ShadowState, Shadows};
 use super::{FeatureStage, Pipeline};
-use crate::admin::registry::Registry;
+use crate::admin::registry::{Registry, ShadowRecord};
 use crate::config::{Config, PluginConfig, Quotas};
 use crate::error::PipelineError;
-use crate::plugin::{FeaturePlugin, PluginError, PluginKind, PluginSource};
+use crate::plugin::{FeaturePlugin, PluginError, PluginKind, PluginRuntime, PluginSource};
 use crate::record::{select_events, select_raw};
 use crate::stores::{StoredFeature, TileStore};
 use crate::window::FeatureDef;
@@ -32,30 +33,71 @@ pub(super) fn stage_source(
     let stage = registry.stage(&cfg.name);
     let mut src = match &stage.active {
         None => PluginSource::from_config(cfg)?,
-        Some(version) => {
-            let unreadable = |message: String| PluginError::Read {
-                path: format!("registry {}@{version}", cfg.name),
-                message,
-            };
-            let record = registry
-                .version(&cfg.name, version)
-                .ok_or_else(|| unreadable("the active version is not in the registry".into()))?;
-            PluginSource {
-                name: cfg.name.clone(),
-                version: Some(version.clone()),
-                bytes: registry
-                    .bytes(&record)
-                    .map_err(|e| unreadable(e.to_string()))?,
-                config_json: record.config.clone().unwrap_or_else(|| cfg.config_json()),
-                quotas: cfg.quotas.clone(),
-                quarantine: cfg.quarantine.clone(),
-            }
-        }
+        Some(version) => stored_source(cfg, registry, version)?,
     };
     if let Some(q) = stage.quotas {
         src.quotas = q;
     }
     Ok(src)
+}
+
+/// An uploaded version of a stage's plugin, with the config it was
+/// uploaded with and the config's quotas.
+fn stored_source(
+    cfg: &PluginConfig,
+    registry: &Registry,
+    version: &str,
+) -> Result<PluginSource, PluginError> {
+    let unreadable = |message: String| PluginError::Read {
+        path: format!("registry {}@{version}", cfg.name),
+        message,
+    };
+    let record = registry
+        .version(&cfg.name, version)
+        .ok_or_else(|| unreadable(format!("version {version} is not in the registry")))?;
+    Ok(PluginSource {
+        name: cfg.name.clone(),
+        version: Some(version.to_string()),
+        bytes: registry
+            .bytes(&record)
+            .map_err(|e| unreadable(e.to_string()))?,
+        config_json: record.config.clone().unwrap_or_else(|| cfg.config_json()),
+        quotas: cfg.quotas.clone(),
+        quarantine: cfg.quarantine.clone(),
+    })
+}
+
+/// The shadow runs the registry records, resumed (their counts start
+/// afresh). A shadow that cannot load is ended with a warning: the live
+/// pipeline does not depend on it.
+pub(super) fn restore_shadows(
+    stages: &BTreeMap<String, (PluginKind, PluginConfig)>,
+    registry: &Registry,
+    runtime: &PluginRuntime,
+) -> Shadows {
+    let mut shadows = Shadows::default();
+    for (name, (kind, cfg)) in stages {
+        let Some(record) = registry.stage(name).shadow else {
+            continue;
+        };
+        let loaded = stored_source(cfg, registry, &record.version).and_then(|mut src| {
+            src.quotas = registry.stage(name).quotas.unwrap_or(src.quotas);
+            LoadedPlugin::load(runtime, *kind, &src)
+        });
+        match loaded {
+            Ok(plugin) => {
+                tracing::info!(stage = name, version = record.version, "shadow run resumed");
+                shadows.start(name, Shadow::new(plugin, record.version, record.max_share));
+            }
+            Err(e) => {
+                tracing::warn!(stage = name, version = record.version, error = %e, "shadow version does not load; its shadow run ends");
+                if let Err(e) = registry.set_shadow(name, None) {
+                    tracing::warn!(stage = name, error = %e, "could not record the end of the shadow run");
+                }
+            }
+        }
+    }
+    shadows
 }
 
 /// Every stage's kind and config section, by plugin name.
@@ -146,7 +188,38 @@ impl Pipeline {
         let registry = control.registry();
         let no_stage =
             |kind: &str| format!("no {kind} stage named `{stage}` runs in this pipeline");
+        let mut ended = None;
         match change {
+            Change::Shadow {
+                plugin,
+                version,
+                max_share,
+            } => {
+                if control.stage_config(stage).is_none() {
+                    return Err(no_stage("plugin"));
+                }
+                registry
+                    .set_shadow(
+                        stage,
+                        Some(ShadowRecord {
+                            version: version.clone(),
+                            max_share,
+                        }),
+                    )
+                    .map_err(|e| e.to_string())?;
+                ended = self.shadows.end(stage, ShadowState::Stopped);
+                self.shadows
+                    .start(stage, Shadow::new(plugin, version, max_share));
+            }
+            Change::EndShadow => {
+                if self.shadows.version(stage).is_none() {
+                    return Err(format!("`{stage}` runs no shadow"));
+                }
+                registry
+                    .set_shadow(stage, None)
+                    .map_err(|e| e.to_string())?;
+                ended = self.shadows.end(stage, ShadowState::Stopped);
+            }
             Change::Quotas(quotas) => {
                 if control.stage_config(stage).is_none() {
                     return Err(no_stage("plugin"));
@@ -177,7 +250,7 @@ impl Pipeline {
                             .position(|x| x.meta().name == stage)
                             .ok_or_else(|| no_stage("parser"))?;
                         registry
-                            .set_active(stage, version, rollback)
+                            .set_active(stage, version.clone(), rollback)
                             .map_err(|e| e.to_string())?;
                         self.parsers[i] = *p;
                     }
@@ -205,7 +278,7 @@ impl Pipeline {
                         let defs =
                             define_features(self.store.as_ref(), &p).map_err(|e| e.to_string())?;
                         registry
-                            .set_active(stage, version, rollback)
+                            .set_active(stage, version.clone(), rollback)
                             .map_err(|e| e.to_string())?;
                         let event_types = self.features[i].event_types.clone();
                         self.features[i] = FeatureStage {
@@ -219,14 +292,21 @@ impl Pipeline {
                             return Err(no_stage("late-handler"));
                         }
                         registry
-                            .set_active(stage, version, rollback)
+                            .set_active(stage, version.clone(), rollback)
                             .map_err(|e| e.to_string())?;
                         self.late = Some(*p);
                     }
                 }
+                // The registry ended a shadow of this version (promoted).
+                if version.is_some() && self.shadows.version(stage) == version.as_deref() {
+                    ended = self.shadows.end(stage, ShadowState::Promoted);
+                }
             }
         }
-        Ok(self.boundary())
+        Ok(Applied {
+            shadow: ended.map(Box::new),
+            ..self.boundary()
+        })
     }
 
     fn set_stage_quotas(&mut self, stage: &str, quotas: Quotas) {
@@ -261,6 +341,7 @@ impl Pipeline {
         Applied {
             records_before: self.stats.records_in,
             positions,
+            shadow: None,
         }
     }
 
@@ -275,6 +356,7 @@ impl Pipeline {
                 quotas: quotas.clone(),
                 health,
                 features,
+                shadow: self.shadows.report(&meta.name),
             };
         let mut out: Vec<StageView> = self
             .parsers
@@ -332,6 +414,23 @@ impl Pipeline {
                 let mut labels = labels.to_vec();
                 labels.push(("kind", kind.to_string()));
                 metrics::counter!("tessera_plugin_errors_total", &labels).absolute(*n);
+            }
+            if let Some(r) = v
+                .shadow
+                .as_ref()
+                .filter(|r| r.state == ShadowState::Running)
+            {
+                let labels = [
+                    ("pipeline", self.cfg.pipeline.name.clone()),
+                    ("plugin", v.name.clone()),
+                    ("version", r.version.clone()),
+                ];
+                metrics::counter!("tessera_shadow_records_compared_total", &labels)
+                    .absolute(r.records_compared);
+                metrics::counter!("tessera_shadow_records_differing_total", &labels)
+                    .absolute(r.records_differing);
+                metrics::counter!("tessera_shadow_records_skipped_total", &labels)
+                    .absolute(r.records_skipped);
             }
         }
         self.control.show(views);

@@ -1,0 +1,551 @@
+//! Shadow runs: a candidate version of a stage runs beside the live one on
+//! the same batches. Its outputs are never written; they are compared with
+//! the live outputs record by record, and the admin API reports the
+//! comparison (records compared, differing, the first examples), so an
+//! operator promotes the candidate on evidence.
+//!
+//! - What is compared, per source record: a parser's events (type, time,
+//!   fields) or its error; a feature plugin's updates (`feature=value`);
+//!   a late handler's decisions. Outputs are compared as sorted lists, so
+//!   the order a plugin emits them in does not count as a difference.
+//! - The shadow is its own instance, with its own quotas and health: a
+//!   trap or a quota breach in it dead-letters nothing and is reported as
+//!   a difference; when it is quarantined the shadow run stops.
+//! - It may take at most `max_share` of the time the live path takes
+//!   (everything a batch costs without shadows). A batch that would exceed
+//!   it is not shadowed and counted as skipped: the live path slows by at
+//!   most that share, plus one batch of the shadow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::control::LoadedPlugin;
+use crate::plugin::{FeaturePlugin, ParserPlugin, PluginError, PluginHealth};
+use crate::record::{
+    bytes_at, select_events, select_raw, ColumnValues, EventBatch, FeatureSpec, LateBatch,
+    LateDecision, ParseOutput, RawBatch, UpdateBatch,
+};
+
+/// Differing records kept as examples in a report.
+pub const MAX_EXAMPLES: usize = 20;
+
+/// What one version made of one source record.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its outputs, sorted.
+    Output(Vec<String>),
+    /// Why the record failed (a dead letter on the live side).
+    Failed(String),
+}
+
+impl Outcome {
+    /// The same outputs, or both failed (for whatever reason: two versions
+    /// word their errors differently).
+    fn agrees_with(&self, other: &Outcome) -> bool {
+        match (self, other) {
+            (Outcome::Output(a), Outcome::Output(b)) => a == b,
+            (Outcome::Failed(_), Outcome::Failed(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Outcomes by source record (its offset in the batch's topic partition).
+#[derive(Default)]
+pub(super) struct Outcomes(BTreeMap<i64, Outcome>);
+
+impl Outcomes {
+    fn push(&mut self, offset: i64, output: String) {
+        if let Outcome::Output(v) = self
+            .0
+            .entry(offset)
+            .or_insert_with(|| Outcome::Output(Vec::new()))
+        {
+            v.push(output);
+        }
+    }
+
+    pub(super) fn fail(&mut self, offset: i64, reason: &str) {
+        self.0.insert(offset, Outcome::Failed(reason.to_string()));
+    }
+
+    /// Fails the records `source_rows` of `raw` came from.
+    pub(super) fn fail_rows(&mut self, raw: &RawBatch, source_rows: &[u32], reason: &str) {
+        for r in source_rows {
+            self.fail(raw.offsets[*r as usize], reason);
+        }
+    }
+
+    fn take(&mut self, offset: i64) -> Outcome {
+        match self.0.remove(&offset) {
+            Some(Outcome::Output(mut v)) => {
+                v.sort_unstable();
+                Outcome::Output(v)
+            }
+            Some(failed) => failed,
+            None => Outcome::Output(Vec::new()),
+        }
+    }
+
+    /// A parser's events and errors.
+    pub(super) fn add_parsed(&mut self, raw: &RawBatch, out: &ParseOutput) {
+        let events = &out.events;
+        for row in 0..events.len as usize {
+            let src = events.source_row[row] as usize;
+            self.push(raw.offsets[src], event_summary(events, row));
+        }
+        for e in &out.errors {
+            self.fail(raw.offsets[e.row as usize], &e.reason);
+        }
+    }
+
+    /// A feature plugin's updates, as `feature=value`.
+    pub(super) fn add_updates(
+        &mut self,
+        specs: &[FeatureSpec],
+        raw: &RawBatch,
+        events: &EventBatch,
+        updates: &UpdateBatch,
+    ) {
+        for i in 0..updates.row.len() {
+            let src = events.source_row[updates.row[i] as usize] as usize;
+            let feature = specs
+                .get(updates.feature[i] as usize)
+                .map_or("?", |s| s.name.as_str());
+            self.push(raw.offsets[src], format!("{feature}={}", updates.value[i]));
+        }
+    }
+
+    /// A late handler's decisions, one per event of `events`.
+    pub(super) fn add_decisions(
+        &mut self,
+        raw: &RawBatch,
+        events: &EventBatch,
+        decisions: &[LateDecision],
+    ) {
+        for (row, d) in decisions.iter().enumerate() {
+            let src = events.source_row[row] as usize;
+            let d = match d {
+                LateDecision::Accept => "accept".to_string(),
+                LateDecision::Drop => "drop".to_string(),
+                LateDecision::SideOutput(reason) => format!("side_output: {reason}"),
+            };
+            self.push(raw.offsets[src], d);
+        }
+    }
+}
+
+/// One event as a compact JSON object: type, time and the fields it has.
+fn event_summary(events: &EventBatch, row: usize) -> String {
+    let mut m = Map::new();
+    let ty = events
+        .type_names
+        .get(events.event_type[row] as usize)
+        .cloned()
+        .unwrap_or_default();
+    m.insert("type".into(), Value::String(ty));
+    m.insert("time".into(), Value::from(events.event_time[row]));
+    for c in &events.columns {
+        if !c.present.is_empty() && c.present.get(row).is_none_or(|p| *p == 0) {
+            continue;
+        }
+        let v = match &c.values {
+            ColumnValues::Float64(v) => v.get(row).map(|x| Value::from(*x)),
+            ColumnValues::Int64(v) => v.get(row).map(|x| Value::from(*x)),
+            ColumnValues::Boolean(v) => v.get(row).map(|x| Value::from(*x)),
+            ColumnValues::Utf8(b) => {
+                bytes_at(b, row).map(|x| Value::String(String::from_utf8_lossy(x).into_owned()))
+            }
+        };
+        if let Some(v) = v {
+            m.insert(c.name.clone(), v);
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// The records a comparison covers: where they are, by offset.
+pub(super) struct Compared {
+    pub topic: String,
+    pub partition: i32,
+    pub records: BTreeSet<i64>,
+}
+
+impl Compared {
+    /// Every record of `raw`.
+    pub(super) fn all(raw: &RawBatch) -> Self {
+        Compared {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            records: raw.offsets.iter().copied().collect(),
+        }
+    }
+
+    /// The records the events of `events` came from.
+    pub(super) fn of_events(raw: &RawBatch, events: &EventBatch) -> Self {
+        Compared {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            records: events
+                .source_row
+                .iter()
+                .map(|r| raw.offsets[*r as usize])
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowState {
+    Running,
+    /// The shadow version failed often enough to be quarantined: stopped.
+    Quarantined,
+    /// Ended over the admin API.
+    Stopped,
+    /// Its version was activated.
+    Promoted,
+}
+
+/// A record the two versions disagree on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShadowExample {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub live: Outcome,
+    pub shadow: Outcome,
+}
+
+/// A shadow run so far, as the admin API reports it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShadowReport {
+    pub version: String,
+    pub state: ShadowState,
+    pub max_share: f64,
+    pub started_at_ms: i64,
+    pub batches_compared: u64,
+    pub records_compared: u64,
+    pub records_differing: u64,
+    /// Batches (and their records) not shadowed to keep within `max_share`.
+    pub batches_skipped: u64,
+    pub records_skipped: u64,
+    /// Time the live path and the shadow took since the start.
+    pub live_seconds: f64,
+    pub shadow_seconds: f64,
+    /// The longest one batch took the shadow: the share can be overrun by
+    /// at most this (the batch that crossed it).
+    pub longest_batch_seconds: f64,
+    /// The first differing records.
+    pub examples: Vec<ShadowExample>,
+    /// The shadow instance's own calls, failures and quota hits.
+    pub health: PluginHealth,
+}
+
+/// A running shadow of one stage.
+pub(super) struct Shadow {
+    plugin: LoadedPlugin,
+    report: ShadowReport,
+    live: Duration,
+    spent: Duration,
+}
+
+impl Shadow {
+    pub(super) fn new(plugin: LoadedPlugin, version: String, max_share: f64) -> Self {
+        Shadow {
+            report: ShadowReport {
+                version,
+                state: ShadowState::Running,
+                max_share,
+                started_at_ms: crate::record::now_ms(),
+                batches_compared: 0,
+                records_compared: 0,
+                records_differing: 0,
+                batches_skipped: 0,
+                records_skipped: 0,
+                live_seconds: 0.0,
+                shadow_seconds: 0.0,
+                longest_batch_seconds: 0.0,
+                examples: Vec::new(),
+                health: plugin_health(&plugin).clone(),
+            },
+            plugin,
+            live: Duration::ZERO,
+            spent: Duration::ZERO,
+        }
+    }
+
+    pub(super) fn version(&self) -> &str {
+        &self.report.version
+    }
+
+    pub(super) fn report(&self) -> ShadowReport {
+        let mut r = self.report.clone();
+        r.live_seconds = self.live.as_secs_f64();
+        r.shadow_seconds = self.spent.as_secs_f64();
+        r.health = plugin_health(&self.plugin).clone();
+        r
+    }
+
+    /// Parses `raw` with the shadow, isolating failures as the live path
+    /// does (halving down to the records that fail).
+    pub(super) fn parse(&mut self, raw: &RawBatch) -> Outcomes {
+        let started = Instant::now();
+        let mut out = Outcomes::default();
+        if let LoadedPlugin::Parser(p) = &mut self.plugin {
+            parse_isolating(p, raw, &mut out);
+        }
+        self.called(started);
+        out
+    }
+
+    /// Runs the shadow feature plugin on `events`, isolating failures.
+    pub(super) fn process(&mut self, raw: &RawBatch, events: &EventBatch) -> Outcomes {
+        let started = Instant::now();
+        let mut out = Outcomes::default();
+        if let LoadedPlugin::Feature(p) = &mut self.plugin {
+            process_isolating(p, raw, events, &mut out);
+        }
+        self.called(started);
+        out
+    }
+
+    /// The shadow late handler's decisions (a failure fails every late
+    /// event, as on the live path).
+    pub(super) fn decide(&mut self, raw: &RawBatch, batch: &LateBatch) -> Outcomes {
+        let started = Instant::now();
+        let mut out = Outcomes::default();
+        if let LoadedPlugin::Late(p) = &mut self.plugin {
+            match p.decide(batch) {
+                Ok(d) => out.add_decisions(raw, &batch.events, &d),
+                Err(e) => fail_all(&mut out, raw, &batch.events.source_row, &e),
+            }
+        }
+        self.called(started);
+        out
+    }
+
+    fn called(&mut self, started: Instant) {
+        if plugin_health(&self.plugin).quarantined && self.report.state == ShadowState::Running {
+            self.report.state = ShadowState::Quarantined;
+            tracing::warn!(
+                version = self.report.version,
+                "shadow version quarantined; its shadow run stops"
+            );
+        }
+        let took = started.elapsed();
+        self.spent += took;
+        self.report.longest_batch_seconds =
+            self.report.longest_batch_seconds.max(took.as_secs_f64());
+    }
+
+    /// Compares the two versions on every record of `compared`.
+    pub(super) fn compare(&mut self, compared: Compared, mut live: Outcomes, mut shadow: Outcomes) {
+        let r = &mut self.report;
+        r.batches_compared += 1;
+        for offset in compared.records {
+            r.records_compared += 1;
+            let (l, s) = (live.take(offset), shadow.take(offset));
+            if l.agrees_with(&s) {
+                continue;
+            }
+            r.records_differing += 1;
+            if r.examples.len() < MAX_EXAMPLES {
+                r.examples.push(ShadowExample {
+                    topic: compared.topic.clone(),
+                    partition: compared.partition,
+                    offset,
+                    live: l,
+                    shadow: s,
+                });
+            }
+        }
+    }
+}
+
+fn fail_all(out: &mut Outcomes, raw: &RawBatch, source_rows: &[u32], e: &PluginError) {
+    out.fail_rows(raw, source_rows, &format!("shadow failed: {e}"));
+}
+
+fn halves(n: usize) -> (Vec<u32>, Vec<u32>) {
+    let mid = (n / 2) as u32;
+    ((0..mid).collect(), (mid..n as u32).collect())
+}
+
+fn parse_isolating(p: &mut ParserPlugin, raw: &RawBatch, out: &mut Outcomes) {
+    match p.parse(raw) {
+        Ok(parsed) => out.add_parsed(raw, &parsed),
+        Err(e) if raw.offsets.len() == 1 || p.health().quarantined => {
+            let rows: Vec<u32> = (0..raw.offsets.len() as u32).collect();
+            fail_all(out, raw, &rows, &e)
+        }
+        Err(_) => {
+            let (left, right) = halves(raw.offsets.len());
+            parse_isolating(p, &select_raw(raw, &left), out);
+            parse_isolating(p, &select_raw(raw, &right), out);
+        }
+    }
+}
+
+fn process_isolating(
+    p: &mut FeaturePlugin,
+    raw: &RawBatch,
+    events: &EventBatch,
+    out: &mut Outcomes,
+) {
+    match p.process(events) {
+        Ok(updates) => out.add_updates(p.specs(), raw, events, &updates),
+        Err(e) if events.len == 1 || p.health().quarantined => {
+            fail_all(out, raw, &events.source_row, &e)
+        }
+        Err(_) => {
+            let (left, right) = halves(events.len as usize);
+            process_isolating(p, raw, &select_events(events, &left), out);
+            process_isolating(p, raw, &select_events(events, &right), out);
+        }
+    }
+}
+
+fn plugin_health(p: &LoadedPlugin) -> &PluginHealth {
+    match p {
+        LoadedPlugin::Parser(p) => p.health(),
+        LoadedPlugin::Feature(p) => p.health(),
+        LoadedPlugin::Late(p) => p.health(),
+    }
+}
+
+/// Every stage's shadow run: running ones, and the last report of ended ones.
+#[derive(Default)]
+pub(super) struct Shadows {
+    running: BTreeMap<String, Shadow>,
+    ended: BTreeMap<String, ShadowReport>,
+}
+
+impl Shadows {
+    pub(super) fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    pub(super) fn start(&mut self, stage: &str, shadow: Shadow) {
+        self.ended.remove(stage);
+        self.running.insert(stage.to_string(), shadow);
+    }
+
+    /// Ends a stage's shadow run; its final report.
+    pub(super) fn end(&mut self, stage: &str, state: ShadowState) -> Option<ShadowReport> {
+        let mut report = self.running.remove(stage)?.report();
+        report.state = state;
+        self.ended.insert(stage.to_string(), report.clone());
+        Some(report)
+    }
+
+    pub(super) fn get_mut(&mut self, stage: &str) -> Option<&mut Shadow> {
+        self.running.get_mut(stage)
+    }
+
+    pub(super) fn version(&self, stage: &str) -> Option<&str> {
+        self.running.get(stage).map(Shadow::version)
+    }
+
+    pub(super) fn report(&self, stage: &str) -> Option<ShadowReport> {
+        match self.running.get(stage) {
+            Some(s) => Some(s.report()),
+            None => self.ended.get(stage).cloned(),
+        }
+    }
+
+    /// The stage's shadow, if one runs and this batch of `records` is
+    /// within its share of the live path's time; else the batch counts as
+    /// skipped.
+    pub(super) fn due(&mut self, stage: &str, records: usize) -> Option<&mut Shadow> {
+        let s = self.running.get_mut(stage)?;
+        if s.report.state != ShadowState::Running {
+            return None;
+        }
+        if s.spent.as_secs_f64() > s.report.max_share * s.live.as_secs_f64() {
+            s.report.batches_skipped += 1;
+            s.report.records_skipped += records as u64;
+            return None;
+        }
+        Some(s)
+    }
+
+    /// Time every shadow has taken so far.
+    pub(super) fn spent(&self) -> Duration {
+        self.running.values().map(|s| s.spent).sum()
+    }
+
+    /// Adds a batch's live-path time (its time without the shadows).
+    pub(super) fn add_live(&mut self, live: Duration) {
+        for s in self.running.values_mut() {
+            s.live += live;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{BytesColumn, Column};
+
+    #[test]
+    fn outputs_compare_as_sorted_lists_and_failures_agree_whatever_their_wording() {
+        let mut a = Outcomes::default();
+        let mut b = Outcomes::default();
+        a.push(7, "x=1".into());
+        a.push(7, "y=2".into());
+        b.push(7, "y=2".into());
+        b.push(7, "x=1".into());
+        assert!(a.take(7).agrees_with(&b.take(7)), "order does not count");
+        a.fail(8, "trap: one wording");
+        b.fail(8, "shadow failed: another");
+        assert!(a.take(8).agrees_with(&b.take(8)));
+        b.push(9, "x=1".into());
+        assert!(!a.take(9).agrees_with(&b.take(9)), "nothing vs an update");
+        a.fail(10, "trap");
+        assert!(!a.take(10).agrees_with(&b.take(10)), "failed vs nothing");
+        a.push(11, "x=1".into());
+        a.fail(11, "then failed");
+        assert_eq!(a.take(11), Outcome::Failed("then failed".into()));
+    }
+
+    #[test]
+    fn an_event_is_summarised_with_its_type_time_and_present_fields() {
+        let events = EventBatch {
+            len: 2,
+            source_row: vec![0, 1],
+            event_time: vec![5, 6],
+            event_type: vec![1, 0],
+            type_names: vec!["view".into(), "like".into()],
+            columns: vec![
+                Column {
+                    name: "post_id".into(),
+                    present: vec![],
+                    values: ColumnValues::Utf8(BytesColumn {
+                        data: b"p1p2".to_vec(),
+                        offsets: vec![0, 2, 4],
+                    }),
+                },
+                Column {
+                    name: "dwell".into(),
+                    present: vec![1, 0],
+                    values: ColumnValues::Int64(vec![30, 0]),
+                },
+            ],
+        };
+        let first: Value = serde_json::from_str(&event_summary(&events, 0)).unwrap();
+        assert_eq!(
+            first,
+            serde_json::json!({"type": "like", "time": 5, "post_id": "p1", "dwell": 30})
+        );
+        let second: Value = serde_json::from_str(&event_summary(&events, 1)).unwrap();
+        assert_eq!(
+            second,
+            serde_json::json!({"type": "view", "time": 6, "post_id": "p2"})
+        );
+    }
+}

@@ -10,12 +10,19 @@
 # upload ms (validate, compile, smoke call, store), activate ms (load, hand
 # over, checkpoint, swap), upload-to-active, and the records/s in the second
 # after each activation and after each upload against the rate away from
-# both. Usage: scripts/bench-admin.sh [N] [COPIES] [SWAPS]
+# both. Then the shadow overhead: for each max_share in SHARES, SHADOW_ROUNDS
+# rounds of 2 s with a shadow of the live version's own bytes (so nothing
+# differs) and 2 s without; it prints the records/s while shadowed against
+# the rate away from everything, and what the shadow reports (its time as a
+# share of the live path's, records skipped, differing).
+# Usage: scripts/bench-admin.sh [N] [COPIES] [SWAPS] [SHADOW_ROUNDS] [SHARES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
-COPIES=${2:-16}
+COPIES=${2:-40}
 SWAPS=${3:-5}
+SHADOW_ROUNDS=${4:-3}
+SHARES=${5:-10,0.25}
 ./scripts/build-plugins.sh --quiet
 cargo build --release --quiet -p tessera --bin tessera
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -50,10 +57,11 @@ EOF
 rm -rf "$work/out" "$work/registry"
 "$TESSERA" run --serve --json --config "$work/tessera.toml" > "$work/run.json" 2> "$work/run.err" &
 host=$!
-python3 - "$port" "$TOKEN" "$PWD/$TARGET/wasm32-wasip2/release/windowed_counter.wasm" "$SWAPS" "$((N * COPIES))" <<'PY'
+python3 - "$port" "$TOKEN" "$PWD/$TARGET/wasm32-wasip2/release/windowed_counter.wasm" "$SWAPS" "$((N * COPIES))" "$SHADOW_ROUNDS" "$SHARES" <<'PY'
 import json, statistics, sys, threading, time, urllib.request
 
 port, token, wasm, swaps, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+shadow_rounds, shares = int(sys.argv[6]), [float(x) for x in sys.argv[7].split(",")]
 base = f"http://127.0.0.1:{port}"
 component = open(wasm, "rb").read()
 
@@ -111,6 +119,26 @@ for i in range(1, swaps + 1):
     if samples[-1][1] >= total:
         break
     time.sleep(2.0)
+
+# Shadow rounds: the live version's bytes as another version, so the shadow
+# does the same work and nothing differs.
+shadowed = {share: [] for share in shares}
+shadow_reports = {share: [] for share in shares}
+body = component + custom_section(b"tessera-bench", b"shadow")
+call("PUT", "/v1/plugins/windowed-counter/versions/shadow-same?world=feature", body, "application/wasm")
+time.sleep(2.0)
+for share in shares:
+    for _ in range(shadow_rounds):
+        if samples[-1][1] >= total * 0.9:
+            break
+        call("POST", "/v1/plugins/windowed-counter/shadow",
+             json.dumps({"version": "shadow-same", "max_share": share}).encode(), "application/json")
+        t1 = time.monotonic()
+        time.sleep(2.0)
+        t2 = time.monotonic()
+        shadow_reports[share].append(call("DELETE", "/v1/plugins/windowed-counter/shadow")["report"])
+        shadowed[share].append((t1 + 0.2, t2))
+        time.sleep(2.0)
 while samples[-1][1] < total:
     time.sleep(0.1)
 done.set()
@@ -124,10 +152,11 @@ def rate(t_from, t_to):
 first = next(t for t, n in samples if n > 0)
 last = next(t for t, n in samples if n >= total)
 events = uploads + activations
+spans = [w for ws in shadowed.values() for w in ws]
 quiet = []
 t = first
 while t + 0.5 <= last:
-    if all(t + 0.5 <= e or t >= e + 1.0 for e in events):
+    if all(t + 0.5 <= e or t >= e + 1.0 for e in events) and all(t + 0.5 <= a - 0.2 or t >= b + 0.5 for a, b in spans):
         r = rate(t, t + 0.5)
         if r:
             quiet.append(r)
@@ -148,6 +177,19 @@ if during_upload:
     dips = [1 - r / baseline for r in during_upload]
     print(f"records/s in the second after an upload starts (compiling on the other core): median "
           f"{statistics.median(during_upload) / 1e6:.2f} M (dip median {100 * statistics.median(dips):.1f}%, worst {100 * max(dips):.1f}%)")
+for share in shares:
+    rates = [r for r in (rate(a, b) for a, b in shadowed[share]) if r]
+    reps = shadow_reports[share]
+    if not rates or not reps:
+        continue
+    used = [r["shadow_seconds"] / r["live_seconds"] for r in reps if r["live_seconds"] > 0]
+    skipped = [r["records_skipped"] / max(1, r["records_skipped"] + r["records_compared"]) for r in reps]
+    differing = sum(r["records_differing"] for r in reps)
+    for r in reps:
+        print(f"  round: live {r['live_seconds']:.2f} s, shadow {r['shadow_seconds']:.2f} s, compared {r['records_compared']:,}, skipped {r['records_skipped']:,}", file=sys.stderr)
+    print(f"shadow max_share {share}: {len(rates)} rounds, records/s while shadowed median {statistics.median(rates) / 1e6:.2f} M "
+          f"= {statistics.median(rates) / baseline:.2f}x the unshadowed rate; shadow time / live time median {statistics.median(used):.2f}, "
+          f"records skipped median {100 * statistics.median(skipped):.0f}%, differing {differing}")
 PY
 kill -INT $host; wait $host || true
 host=""

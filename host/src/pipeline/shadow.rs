@@ -16,7 +16,7 @@
 //!   it is not shadowed and counted as skipped: the live path slows by at
 //!   most that share, plus one batch of the shadow.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -42,35 +42,34 @@ pub enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
-    /// The same outputs, or both failed (for whatever reason: two versions
-    /// word their errors differently).
-    fn agrees_with(&self, other: &Outcome) -> bool {
-        match (self, other) {
-            (Outcome::Output(a), Outcome::Output(b)) => a == b,
-            (Outcome::Failed(_), Outcome::Failed(_)) => true,
-            _ => false,
-        }
-    }
+/// One output of one record, in a form cheap to collect and compare: a
+/// feature update is a feature (an index into the outcomes' names) and the
+/// value's bits; events and decisions are their text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Update { feature: u32, value: u64 },
+    Text(String),
 }
 
-/// Outcomes by source record (its offset in the batch's topic partition).
+/// What one version made of each record of a batch, by the record's offset
+/// in its topic partition. Collected unsorted; sorted once to compare.
 #[derive(Default)]
-pub(super) struct Outcomes(BTreeMap<i64, Outcome>);
+pub(super) struct Outcomes {
+    items: Vec<(i64, Item)>,
+    failed: BTreeMap<i64, String>,
+    /// Feature names of `Item::Update`.
+    names: Vec<String>,
+    /// Time spent collecting these (the shadow's cost on the live side).
+    spent: Duration,
+}
 
 impl Outcomes {
     fn push(&mut self, offset: i64, output: String) {
-        if let Outcome::Output(v) = self
-            .0
-            .entry(offset)
-            .or_insert_with(|| Outcome::Output(Vec::new()))
-        {
-            v.push(output);
-        }
+        self.items.push((offset, Item::Text(output)));
     }
 
     pub(super) fn fail(&mut self, offset: i64, reason: &str) {
-        self.0.insert(offset, Outcome::Failed(reason.to_string()));
+        self.failed.insert(offset, reason.to_string());
     }
 
     /// Fails the records `source_rows` of `raw` came from.
@@ -80,19 +79,53 @@ impl Outcomes {
         }
     }
 
-    fn take(&mut self, offset: i64) -> Outcome {
-        match self.0.remove(&offset) {
-            Some(Outcome::Output(mut v)) => {
-                v.sort_unstable();
-                Outcome::Output(v)
+    fn name_id(&mut self, name: &str) -> u32 {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(name.to_string());
+                (self.names.len() - 1) as u32
             }
-            Some(failed) => failed,
-            None => Outcome::Output(Vec::new()),
         }
+    }
+
+    /// Renames `other`'s features into this one's names, so equal names
+    /// compare equal.
+    fn adopt_names_of(&mut self, other: &mut Outcomes) {
+        let map: Vec<u32> = other.names.iter().map(|n| self.name_id(n)).collect();
+        for (_, item) in &mut other.items {
+            if let Item::Update { feature, .. } = item {
+                *feature = map[*feature as usize];
+            }
+        }
+        other.names = self.names.clone();
+    }
+
+    /// The outcome of the record at `offset`, given its items (sorted).
+    fn render(&self, offset: i64, items: &[(i64, Item)]) -> Outcome {
+        if let Some(reason) = self.failed.get(&offset) {
+            return Outcome::Failed(reason.clone());
+        }
+        let mut out: Vec<String> = items
+            .iter()
+            .map(|(_, item)| match item {
+                Item::Update { feature, value } => {
+                    format!(
+                        "{}={}",
+                        self.names[*feature as usize],
+                        f64::from_bits(*value)
+                    )
+                }
+                Item::Text(t) => t.clone(),
+            })
+            .collect();
+        out.sort_unstable();
+        Outcome::Output(out)
     }
 
     /// A parser's events and errors.
     pub(super) fn add_parsed(&mut self, raw: &RawBatch, out: &ParseOutput) {
+        let started = Instant::now();
         let events = &out.events;
         for row in 0..events.len as usize {
             let src = events.source_row[row] as usize;
@@ -101,9 +134,10 @@ impl Outcomes {
         for e in &out.errors {
             self.fail(raw.offsets[e.row as usize], &e.reason);
         }
+        self.spent += started.elapsed();
     }
 
-    /// A feature plugin's updates, as `feature=value`.
+    /// A feature plugin's updates.
     pub(super) fn add_updates(
         &mut self,
         specs: &[FeatureSpec],
@@ -111,13 +145,24 @@ impl Outcomes {
         events: &EventBatch,
         updates: &UpdateBatch,
     ) {
+        let started = Instant::now();
+        let ids: Vec<u32> = specs.iter().map(|s| self.name_id(&s.name)).collect();
+        self.items.reserve(updates.row.len());
         for i in 0..updates.row.len() {
             let src = events.source_row[updates.row[i] as usize] as usize;
-            let feature = specs
+            let feature = ids
                 .get(updates.feature[i] as usize)
-                .map_or("?", |s| s.name.as_str());
-            self.push(raw.offsets[src], format!("{feature}={}", updates.value[i]));
+                .copied()
+                .unwrap_or(u32::MAX);
+            self.items.push((
+                raw.offsets[src],
+                Item::Update {
+                    feature,
+                    value: updates.value[i].to_bits(),
+                },
+            ));
         }
+        self.spent += started.elapsed();
     }
 
     /// A late handler's decisions, one per event of `events`.
@@ -172,7 +217,8 @@ fn event_summary(events: &EventBatch, row: usize) -> String {
 pub(super) struct Compared {
     pub topic: String,
     pub partition: i32,
-    pub records: BTreeSet<i64>,
+    /// Sorted, each once.
+    pub records: Vec<i64>,
 }
 
 impl Compared {
@@ -181,7 +227,7 @@ impl Compared {
         Compared {
             topic: raw.topic.clone(),
             partition: raw.partition,
-            records: raw.offsets.iter().copied().collect(),
+            records: sorted_once(raw.offsets.iter().copied()),
         }
     }
 
@@ -190,13 +236,18 @@ impl Compared {
         Compared {
             topic: raw.topic.clone(),
             partition: raw.partition,
-            records: events
-                .source_row
-                .iter()
-                .map(|r| raw.offsets[*r as usize])
-                .collect(),
+            records: sorted_once(events.source_row.iter().map(|r| raw.offsets[*r as usize])),
         }
     }
+}
+
+fn sorted_once(offsets: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut v: Vec<i64> = offsets.collect();
+    if !v.is_sorted() {
+        v.sort_unstable();
+    }
+    v.dedup();
+    v
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -246,6 +297,27 @@ pub struct ShadowReport {
     pub health: PluginHealth,
 }
 
+impl ShadowReport {
+    fn new(version: String, max_share: f64, health: PluginHealth) -> Self {
+        ShadowReport {
+            version,
+            state: ShadowState::Running,
+            max_share,
+            started_at_ms: crate::record::now_ms(),
+            batches_compared: 0,
+            records_compared: 0,
+            records_differing: 0,
+            batches_skipped: 0,
+            records_skipped: 0,
+            live_seconds: 0.0,
+            shadow_seconds: 0.0,
+            longest_batch_seconds: 0.0,
+            examples: Vec::new(),
+            health,
+        }
+    }
+}
+
 /// A running shadow of one stage.
 pub(super) struct Shadow {
     plugin: LoadedPlugin,
@@ -257,22 +329,7 @@ pub(super) struct Shadow {
 impl Shadow {
     pub(super) fn new(plugin: LoadedPlugin, version: String, max_share: f64) -> Self {
         Shadow {
-            report: ShadowReport {
-                version,
-                state: ShadowState::Running,
-                max_share,
-                started_at_ms: crate::record::now_ms(),
-                batches_compared: 0,
-                records_compared: 0,
-                records_differing: 0,
-                batches_skipped: 0,
-                records_skipped: 0,
-                live_seconds: 0.0,
-                shadow_seconds: 0.0,
-                longest_batch_seconds: 0.0,
-                examples: Vec::new(),
-                health: plugin_health(&plugin).clone(),
-            },
+            report: ShadowReport::new(version, max_share, plugin_health(&plugin).clone()),
             plugin,
             live: Duration::ZERO,
             spent: Duration::ZERO,
@@ -343,28 +400,69 @@ impl Shadow {
             self.report.longest_batch_seconds.max(took.as_secs_f64());
     }
 
-    /// Compares the two versions on every record of `compared`.
-    pub(super) fn compare(&mut self, compared: Compared, mut live: Outcomes, mut shadow: Outcomes) {
-        let r = &mut self.report;
-        r.batches_compared += 1;
-        for offset in compared.records {
-            r.records_compared += 1;
-            let (l, s) = (live.take(offset), shadow.take(offset));
-            if l.agrees_with(&s) {
-                continue;
-            }
-            r.records_differing += 1;
-            if r.examples.len() < MAX_EXAMPLES {
-                r.examples.push(ShadowExample {
-                    topic: compared.topic.clone(),
-                    partition: compared.partition,
-                    offset,
-                    live: l,
-                    shadow: s,
-                });
-            }
+    /// Compares the two versions on every record of `compared`; the work
+    /// counts as the shadow's time, with what collecting `live` took.
+    pub(super) fn compare(&mut self, compared: Compared, live: Outcomes, shadow: Outcomes) {
+        let started = Instant::now();
+        let collecting = live.spent;
+        compare_into(&mut self.report, compared, live, shadow);
+        self.spent += collecting + started.elapsed();
+    }
+}
+
+/// Counts the records of `compared` on which the two versions agree and
+/// differ (both failing counts as agreeing: versions word errors
+/// differently), keeping the first differences as examples.
+fn compare_into(
+    r: &mut ShadowReport,
+    compared: Compared,
+    mut live: Outcomes,
+    mut shadow: Outcomes,
+) {
+    live.adopt_names_of(&mut shadow);
+    live.items.sort_unstable();
+    shadow.items.sort_unstable();
+    r.batches_compared += 1;
+    let (mut li, mut si) = (0, 0);
+    for offset in compared.records {
+        r.records_compared += 1;
+        let l = run_of(&live.items, &mut li, offset);
+        let s = run_of(&shadow.items, &mut si, offset);
+        let agree = match (
+            live.failed.contains_key(&offset),
+            shadow.failed.contains_key(&offset),
+        ) {
+            (false, false) => l == s,
+            (true, true) => true,
+            _ => false,
+        };
+        if agree {
+            continue;
+        }
+        r.records_differing += 1;
+        if r.examples.len() < MAX_EXAMPLES {
+            r.examples.push(ShadowExample {
+                topic: compared.topic.clone(),
+                partition: compared.partition,
+                offset,
+                live: live.render(offset, l),
+                shadow: shadow.render(offset, s),
+            });
         }
     }
+}
+
+/// The items of `offset` in `items` (sorted by offset), from `*at` on;
+/// moves `*at` past them.
+fn run_of<'a>(items: &'a [(i64, Item)], at: &mut usize, offset: i64) -> &'a [(i64, Item)] {
+    while *at < items.len() && items[*at].0 < offset {
+        *at += 1;
+    }
+    let start = *at;
+    while *at < items.len() && items[*at].0 == offset {
+        *at += 1;
+    }
+    &items[start..*at]
 }
 
 fn fail_all(out: &mut Outcomes, raw: &RawBatch, source_rows: &[u32], e: &PluginError) {
@@ -492,25 +590,88 @@ mod tests {
     use super::*;
     use crate::record::{BytesColumn, Column};
 
+    fn report() -> ShadowReport {
+        ShadowReport::new("2".into(), 1.0, PluginHealth::default())
+    }
+
+    fn compared(records: &[i64]) -> Compared {
+        Compared {
+            topic: "t".into(),
+            partition: 3,
+            records: records.to_vec(),
+        }
+    }
+
+    fn updates(names: &[&str], rows: &[(i64, u32, f64)]) -> Outcomes {
+        let mut o = Outcomes::default();
+        for n in names {
+            o.name_id(n);
+        }
+        for (offset, feature, value) in rows {
+            o.items.push((
+                *offset,
+                Item::Update {
+                    feature: *feature,
+                    value: value.to_bits(),
+                },
+            ));
+        }
+        o
+    }
+
     #[test]
-    fn outputs_compare_as_sorted_lists_and_failures_agree_whatever_their_wording() {
-        let mut a = Outcomes::default();
-        let mut b = Outcomes::default();
-        a.push(7, "x=1".into());
-        a.push(7, "y=2".into());
-        b.push(7, "y=2".into());
-        b.push(7, "x=1".into());
-        assert!(a.take(7).agrees_with(&b.take(7)), "order does not count");
-        a.fail(8, "trap: one wording");
-        b.fail(8, "shadow failed: another");
-        assert!(a.take(8).agrees_with(&b.take(8)));
-        b.push(9, "x=1".into());
-        assert!(!a.take(9).agrees_with(&b.take(9)), "nothing vs an update");
-        a.fail(10, "trap");
-        assert!(!a.take(10).agrees_with(&b.take(10)), "failed vs nothing");
-        a.push(11, "x=1".into());
-        a.fail(11, "then failed");
-        assert_eq!(a.take(11), Outcome::Failed("then failed".into()));
+    fn records_agree_on_the_same_outputs_in_any_order_or_when_both_fail() {
+        let mut r = report();
+        // Same updates, emitted in another order and with the features
+        // declared in another order.
+        let live = updates(&["a", "b"], &[(7, 0, 1.0), (7, 1, 2.0), (8, 0, 1.0)]);
+        let mut shadow = updates(&["b", "a"], &[(8, 1, 1.0), (7, 0, 2.0), (7, 1, 1.0)]);
+        shadow.fail(9, "shadow failed: another wording");
+        let mut live = live;
+        live.fail(9, "trap");
+        compare_into(&mut r, compared(&[7, 8, 9, 10]), live, shadow);
+        assert_eq!((r.records_compared, r.records_differing), (4, 0), "{r:?}");
+        assert!(r.examples.is_empty());
+    }
+
+    #[test]
+    fn differences_are_counted_per_record_with_both_sides_as_examples() {
+        let mut r = report();
+        let mut live = updates(&["a"], &[(1, 0, 1.0), (2, 0, 1.0)]);
+        live.fail(4, "trap");
+        let shadow = updates(&["a", "z"], &[(1, 0, 1.0), (2, 0, 2.0), (3, 1, 1.0)]);
+        compare_into(&mut r, compared(&[1, 2, 3, 4]), live, shadow);
+        assert_eq!((r.records_compared, r.records_differing), (4, 3), "{r:?}");
+        let by_offset: Vec<(i64, Outcome, Outcome)> = r
+            .examples
+            .iter()
+            .map(|x| (x.offset, x.live.clone(), x.shadow.clone()))
+            .collect();
+        let out = |v: &[&str]| Outcome::Output(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            by_offset,
+            vec![
+                (2, out(&["a=1"]), out(&["a=2"])),
+                (3, out(&[]), out(&["z=1"])),
+                (4, Outcome::Failed("trap".into()), out(&[])),
+            ]
+        );
+        assert!(r
+            .examples
+            .iter()
+            .all(|x| x.topic == "t" && x.partition == 3));
+    }
+
+    #[test]
+    fn examples_stop_at_the_limit_but_counting_goes_on() {
+        let mut r = report();
+        let n = MAX_EXAMPLES as i64 + 5;
+        let live = updates(&["a"], &[]);
+        let rows: Vec<(i64, u32, f64)> = (0..n).map(|o| (o, 0, 1.0)).collect();
+        let records: Vec<i64> = (0..n).collect();
+        compare_into(&mut r, compared(&records), live, updates(&["a"], &rows));
+        assert_eq!(r.records_differing, n as u64);
+        assert_eq!(r.examples.len(), MAX_EXAMPLES);
     }
 
     #[test]

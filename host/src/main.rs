@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the pipeline over its source until the input ends (Ctrl-C checkpoints and stops).
     Run {
-        #[arg(short, long, default_value = "tessera.toml")]
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
         /// Also serve the HTTP API while running, and keep serving after the input ends.
         #[arg(long)]
@@ -42,7 +42,7 @@ enum Command {
     },
     /// Answer one feature of one entity over a window, from the store.
     Query {
-        #[arg(short, long, default_value = "tessera.toml")]
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
         #[arg(long)]
         feature: String,
@@ -57,12 +57,12 @@ enum Command {
     },
     /// List the features registered in the store.
     Features {
-        #[arg(short, long, default_value = "tessera.toml")]
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
     },
     /// Serve the HTTP API over the store.
     Serve {
-        #[arg(short, long, default_value = "tessera.toml")]
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
         /// Listen address (default: api.listen from the config).
         #[arg(long)]

@@ -2,6 +2,7 @@
 //! library and the `tessera` binary, one test binary (as wasmtime does).
 
 mod admin;
+mod container;
 mod containment;
 mod http;
 mod kafka;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 mod admin;
+mod env;
 mod store;
 
 pub use admin::{shadow_share_problem, AdminConfig, AdminRole, AdminToken, MIN_TOKEN_CHARS};
@@ -666,13 +667,21 @@ impl Default for ServingCacheConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file; relative paths become
+    /// Reads a config file, replaces `${VAR}` references with environment
+    /// variables (`env.rs`), parses and validates it; relative paths become
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_owned(),
             source: e,
         })?;
+        let text =
+            env::interpolate(&text, |name| std::env::var(name).ok()).map_err(|problems| {
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: problems.join("; "),
+                }
+            })?;
         let mut cfg = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),

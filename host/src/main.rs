@@ -79,6 +79,10 @@ enum Command {
         /// A bearer token (`read` lists, `admin` changes).
         #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A PEM CA certificate to trust for an `https://` API (beside the
+        /// system's roots), e.g. the host's self-signed certificate.
+        #[arg(long, env = "TESSERA_CA_CERT")]
+        ca_cert: Option<PathBuf>,
         #[command(subcommand)]
         command: PluginCommand,
     },
@@ -190,11 +194,14 @@ fn main() -> Result<()> {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
             let addr = listen.unwrap_or(cfg.api.listen.clone());
+            let tls = tls_config(cfg.api.tls.as_ref())?;
             let state = api::AppState {
                 metrics: Some(install_metrics()?),
                 ..api::AppState::configured(store, &cfg.api)
             };
-            tokio_runtime()?.block_on(serve_http(state, None, &addr, true))
+            let rt = tokio_runtime()?;
+            let listener = bind(&rt, &addr, "the API address")?;
+            rt.block_on(serve_http(state, None, listener, tls, true))
         }
         Command::Smb(SmbCommand::Join { left, right, out }) => {
             smb_join(&left, &right, out.as_deref())
@@ -202,14 +209,20 @@ fn main() -> Result<()> {
         Command::Plugin {
             api,
             token,
+            ca_cert,
             command,
-        } => plugin_command(&api, token, command),
+        } => plugin_command(&api, token, ca_cert.as_deref(), command),
     }
 }
 
 /// `tessera plugin ...`: one admin API call, its answer on stdout as JSON.
-fn plugin_command(api: &str, token: Option<String>, command: PluginCommand) -> Result<()> {
-    let client = tessera::admin::client::AdminClient::new(api, token);
+fn plugin_command(
+    api: &str,
+    token: Option<String>,
+    ca_cert: Option<&std::path::Path>,
+    command: PluginCommand,
+) -> Result<()> {
+    let client = tessera::admin::client::AdminClient::new(api, token, ca_cert)?;
     let answer = match command {
         PluginCommand::Upload {
             name,
@@ -341,32 +354,41 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
         .context("installing the metrics recorder")
 }
 
-/// Serves the API, and the admin API when a pipeline runs here.
+/// Serves the API, and the admin API when a pipeline runs here, over TLS
+/// with `tls`.
 async fn serve_http(
     state: api::AppState,
     admin: Option<tessera::admin::AdminState>,
-    addr: &str,
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsServerConfig>,
     until_ctrl_c: bool,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, admin = admin.is_some(), "serving the HTTP API");
+    tracing::info!(admin = admin.is_some(), "serving the HTTP API");
     let mut router = state.router();
     if let Some(admin) = admin {
         router = router.merge(admin.router());
     }
-    let server = axum::serve(listener, router);
-    if until_ctrl_c {
-        server
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-    } else {
-        server.await?;
-    }
-    Ok(())
+    let shutdown = async move {
+        if until_ctrl_c {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    Ok(api::listen::serve(listener, tls, router, shutdown).await?)
+}
+
+/// Binds `addr` on `rt` now, so a taken port stops the host at start.
+fn bind(rt: &tokio::runtime::Runtime, addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
+    rt.block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding {what} {addr}"))
+}
+
+type TlsServerConfig = std::sync::Arc<tokio_rustls::rustls::ServerConfig>;
+
+/// The rustls config of a `[..tls]` section, if there is one.
+fn tls_config(tls: Option<&tessera::config::TlsConfig>) -> Result<Option<TlsServerConfig>> {
+    Ok(tls.map(api::listen::server_config).transpose()?)
 }
 
 fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
@@ -374,6 +396,15 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     let store = stores::open(&cfg.store)?;
     let api_cfg = cfg.api.clone();
     let listen = cfg.api.listen.clone();
+    // Read before the pipeline starts: a bad certificate stops the host.
+    let (api_tls, admin_tls) = if serve {
+        (
+            tls_config(cfg.api.tls.as_ref())?,
+            tls_config(cfg.admin.tls.as_ref())?,
+        )
+    } else {
+        (None, None)
+    };
     // Before the plugins load: they register their call-time histograms.
     let metrics = serve.then(install_metrics).transpose()?;
     // Read before the pipeline starts: a bad token file stops the host.
@@ -413,23 +444,24 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
         // The admin routes on a listener of their own when configured.
         let shared_admin = match (admin, admin_listen) {
             (Some(admin), Some(addr)) => {
-                let listener = rt
-                    .block_on(tokio::net::TcpListener::bind(&addr))
-                    .with_context(|| format!("binding admin.listen {addr}"))?;
-                tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
+                let listener = bind(&rt, &addr, "admin.listen")?;
+                tracing::info!(addr, "serving the admin API");
                 rt.spawn(async move {
-                    if let Err(e) = axum::serve(listener, admin.router()).await {
-                        tracing::error!(error = %e, "admin API stopped");
+                    let forever = std::future::pending();
+                    if let Err(e) =
+                        api::listen::serve(listener, admin_tls, admin.router(), forever).await
+                    {
+                        tracing::error!(error = %e, addr, "admin API stopped");
                     }
                 });
                 None
             }
             (admin, _) => admin,
         };
-        let listen = listen.clone();
+        let listener = bind(&rt, &listen, "api.listen")?;
         rt.spawn(async move {
-            if let Err(e) = serve_http(state, shared_admin, &listen, false).await {
-                tracing::error!(error = %e, "HTTP API stopped");
+            if let Err(e) = serve_http(state, shared_admin, listener, api_tls, false).await {
+                tracing::error!(error = format!("{e:#}"), "HTTP API stopped");
             }
         });
     }

@@ -15,4 +15,5 @@ mod smb_pipeline;
 mod sources;
 mod stores;
 mod support;
+mod tls;
 mod windows;

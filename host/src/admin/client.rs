@@ -1,6 +1,7 @@
 //! The admin API's client, for the `tessera plugin ...` commands: one
 //! blocking HTTP call per command, the answer's JSON returned as is.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,19 +19,50 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     #[error("{status}: {message}")]
     Refused { status: u16, message: String },
+    #[error("cannot use the CA certificate {path}: {message}")]
+    CaCert { path: String, message: String },
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message leaves
+/// out why a request failed, e.g. the certificate it refused).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 impl AdminClient {
-    /// `base` as `http://host:port`; `token` is sent as a bearer token.
-    pub fn new(base: &str, token: Option<String>) -> Self {
-        AdminClient {
+    /// `base` as `http://host:port` or `https://host:port`; `token` is
+    /// sent as a bearer token; `ca_cert` (PEM) is trusted beside the
+    /// system's roots.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(path) = ca_cert {
+            let bad = |message: String| ClientError::CaCert {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+            http = http.add_root_certificate(cert);
+        }
+        Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("an HTTP client without TLS always builds"),
-        }
+            http: http.build().map_err(|e| ClientError::Unreachable {
+                url: base.to_string(),
+                message: e.to_string(),
+            })?,
+        })
     }
 
     fn send(
@@ -44,7 +76,7 @@ impl AdminClient {
         };
         let resp = req.send().map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
-            message: e.to_string(),
+            message: with_causes(&e),
         })?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();

@@ -22,6 +22,7 @@
 //! 400 (bad request), 404 (unknown feature) or 500 (store failure; details
 //! logged, not returned).
 
+pub mod listen;
 pub mod query;
 
 use std::sync::Arc;

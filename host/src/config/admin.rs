@@ -37,6 +37,10 @@ pub struct AdminConfig {
     /// version may take, as a share of the time the live path takes.
     #[serde(default = "default_shadow_max_share")]
     pub shadow_max_share: f64,
+    /// HTTPS on `listen` (without `listen`, the admin API shares
+    /// `[api.tls]` with serving).
+    #[serde(default)]
+    pub tls: Option<super::TlsConfig>,
 }
 
 /// One bearer token.
@@ -105,12 +109,18 @@ impl Default for AdminConfig {
             max_upload_bytes: default_max_upload_bytes(),
             apply_timeout: default_apply_timeout(),
             shadow_max_share: default_shadow_max_share(),
+            tls: None,
         }
     }
 }
 
 impl AdminConfig {
     pub(super) fn validate(&self, problems: &mut Vec<String>, api_listen: &str) {
+        if self.tls.is_some() && self.listen.is_none() {
+            problems.push(
+                "admin.tls needs admin.listen: without a listener of its own the admin API uses [api.tls]".into(),
+            );
+        }
         if let Some(l) = &self.listen {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 problems.push(format!(

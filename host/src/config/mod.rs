@@ -614,6 +614,19 @@ pub struct ApiConfig {
     /// The serving reads' own cache of tile runs.
     #[serde(default)]
     pub cache: ServingCacheConfig,
+    /// Serve HTTPS (and the admin API too, unless it has a listener of its
+    /// own) with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[api.tls]`, `[admin.tls]`: a PEM certificate chain (the server's first)
+/// and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn default_listen() -> String {
@@ -630,6 +643,7 @@ impl Default for ApiConfig {
             listen: default_listen(),
             max_batch_items: default_max_batch_items(),
             cache: ServingCacheConfig::default(),
+            tls: None,
         }
     }
 }
@@ -731,6 +745,13 @@ impl Config {
             fix(c);
         }
         fix(&mut self.admin.registry_dir);
+        for tls in [&mut self.api.tls, &mut self.admin.tls]
+            .into_iter()
+            .flatten()
+        {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
         if let Some(f) = &mut self.admin.token_file {
             fix(f);
         }
@@ -1093,6 +1114,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn admin_tls_needs_a_listener_of_its_own_and_tls_paths_resolve_against_the_file() {
+        let tls = "[admin.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let alone = format!("{MINIMAL}\n[admin]\n{tls}");
+        assert!(
+            matches!(Config::parse(&alone), Err(ConfigError::Invalid(p)) if p[0].contains("admin.tls needs admin.listen"))
+        );
+        let mut cfg = Config::parse(&format!(
+            "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\n{tls}"
+        ))
+        .unwrap();
+        cfg.resolve_paths(Path::new("/etc/tessera"));
+        let t = cfg.admin.tls.unwrap();
+        assert_eq!(
+            (t.cert, t.key),
+            ("/etc/tessera/c.pem".into(), "/etc/tessera/k.pem".into())
+        );
     }
 
     #[test]

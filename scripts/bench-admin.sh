@@ -8,9 +8,10 @@
 # new component the host compiles) and activate it. It samples the host's
 # /v1/status every 50 ms and prints, as medians and maxima over the rounds:
 # upload ms (validate, compile, smoke call, store), activate ms (load, hand
-# over, checkpoint, swap), upload-to-active, and the records/s in the second
-# after each activation and after each upload against the rate away from
-# both. Then the shadow overhead: for each max_share in SHARES, SHADOW_ROUNDS
+# over, checkpoint, swap), upload-to-active, and the dip: the records/s in
+# the second after each activation (and after each upload starts) against
+# the same round's second before its upload, paired so the machine's drift
+# between rounds cancels out. Then the shadow overhead: for each max_share in SHARES, SHADOW_ROUNDS
 # rounds of 2 s with a shadow of the live version's own bytes (so nothing
 # differs) and 2 s without; it prints the records/s while shadowed against
 # the rate away from everything, and what the shadow reports (its time as a
@@ -19,8 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
-COPIES=${2:-40}
-SWAPS=${3:-5}
+COPIES=${2:-100}
+SWAPS=${3:-10}
 SHADOW_ROUNDS=${4:-3}
 SHARES=${5:-10,0.25}
 ./scripts/build-plugins.sh --quiet
@@ -118,6 +119,23 @@ for i in range(1, swaps + 1):
     activate_ms.append((t2 - t1) * 1000)
     if samples[-1][1] >= total:
         break
+    time.sleep(2.5)
+
+# Activations alone (versions uploaded and compiled above), and as a control
+# a quota change to the same quotas (a hand-over with no swap or checkpoint).
+alone, control = [], []
+quotas = call("GET", "/v1/plugins/windowed-counter/quotas")
+for i in range(swaps):
+    if samples[-1][1] >= total * 0.6:
+        break
+    t = time.monotonic()
+    call("POST", "/v1/plugins/windowed-counter/activate",
+         json.dumps({"version": f"bench-{1 + i % 2}"}).encode(), "application/json")
+    alone.append(t)
+    time.sleep(2.0)
+    t = time.monotonic()
+    call("PUT", "/v1/plugins/windowed-counter/quotas", json.dumps(quotas).encode(), "application/json")
+    control.append(t)
     time.sleep(2.0)
 
 # Shadow rounds: the live version's bytes as another version, so the shadow
@@ -151,7 +169,7 @@ def rate(t_from, t_to):
 
 first = next(t for t, n in samples if n > 0)
 last = next(t for t, n in samples if n >= total)
-events = uploads + activations
+events = uploads + activations + alone + control
 spans = [w for ws in shadowed.values() for w in ws]
 quiet = []
 t = first
@@ -162,33 +180,39 @@ while t + 0.5 <= last:
             quiet.append(r)
     t += 0.5
 baseline = statistics.median(quiet) if quiet else float("nan")
-after_activation = [r for r in (rate(a, a + 1.0) for a in activations) if r]
-during_upload = [r for r in (rate(u, u + 1.0) for u in uploads) if r]
 u2a = [u + a for u, a in zip(upload_ms, activate_ms)]
 print(f"rounds: {len(activations)} (records {total:,}; {len(quiet)} half-second windows away from uploads and swaps: median {baseline / 1e6:.2f} M records/s)")
 print(f"upload (validate + compile + smoke + store): median {statistics.median(upload_ms):.0f} ms, max {max(upload_ms):.0f} ms")
 print(f"activate (load + hand-over + checkpoint + swap): median {statistics.median(activate_ms):.0f} ms, max {max(activate_ms):.0f} ms")
 print(f"upload-to-active: median {statistics.median(u2a):.0f} ms, max {max(u2a):.0f} ms")
-if after_activation:
-    dips = [1 - r / baseline for r in after_activation]
-    print(f"records/s in the second after an activation: median {statistics.median(after_activation) / 1e6:.2f} M "
-          f"(dip median {100 * statistics.median(dips):.1f}%, worst {100 * max(dips):.1f}%)")
-if during_upload:
-    dips = [1 - r / baseline for r in during_upload]
-    print(f"records/s in the second after an upload starts (compiling on the other core): median "
-          f"{statistics.median(during_upload) / 1e6:.2f} M (dip median {100 * statistics.median(dips):.1f}%, worst {100 * max(dips):.1f}%)")
+before = [rate(u - 1.0, u) for u in uploads]
+def paired(afters):
+    return [1 - a / b for a, b in zip(afters, before) if a and b]
+dips = paired([rate(a, a + 1.0) for a in activations])
+if dips:
+    print(f"records/s in the second after an activation vs the second before its upload: "
+          f"dip median {100 * statistics.median(dips):.1f}%, worst {100 * max(dips):.1f}% ({len(dips)} rounds)")
+for name, marks in [("an activation alone (uploaded before)", alone), ("a no-op quota change (the control)", control)]:
+    d = [1 - a / b for a, b in ((rate(m, m + 1.0), rate(m - 1.0, m)) for m in marks) if a and b]
+    if d:
+        print(f"records/s in the second after {name} vs the second before it: "
+              f"dip median {100 * statistics.median(d):.1f}%, worst {100 * max(d):.1f}% ({len(d)} rounds)")
+dips = paired([rate(u, u + 1.0) for u in uploads])
+if dips:
+    print(f"records/s in the second after an upload starts (compiling on the other core), same pairing: "
+          f"dip median {100 * statistics.median(dips):.1f}%, worst {100 * max(dips):.1f}%")
 for share in shares:
     rates = [r for r in (rate(a, b) for a, b in shadowed[share]) if r]
     reps = shadow_reports[share]
     if not rates or not reps:
         continue
-    used = [r["shadow_seconds"] / r["live_seconds"] for r in reps if r["live_seconds"] > 0]
+    used = [(r["shadow_seconds"] + r["interference_seconds"]) / r["live_seconds"] for r in reps if r["live_seconds"] > 0]
     skipped = [r["records_skipped"] / max(1, r["records_skipped"] + r["records_compared"]) for r in reps]
     differing = sum(r["records_differing"] for r in reps)
     for r in reps:
-        print(f"  round: live {r['live_seconds']:.2f} s, shadow {r['shadow_seconds']:.2f} s, compared {r['records_compared']:,}, skipped {r['records_skipped']:,}", file=sys.stderr)
+        print(f"  round: live {r['live_seconds']:.2f} s, shadow {r['shadow_seconds']:.2f} s + interference {r['interference_seconds']:.2f} s, compared {r['records_compared']:,}, skipped {r['records_skipped']:,}", file=sys.stderr)
     print(f"shadow max_share {share}: {len(rates)} rounds, records/s while shadowed median {statistics.median(rates) / 1e6:.2f} M "
-          f"= {statistics.median(rates) / baseline:.2f}x the unshadowed rate; shadow time / live time median {statistics.median(used):.2f}, "
+          f"= {statistics.median(rates) / baseline:.2f}x the unshadowed rate; shadow cost (own work + interference) / live time median {statistics.median(used):.2f}, "
           f"records skipped median {100 * statistics.median(skipped):.0f}%, differing {differing}")
 PY
 kill -INT $host; wait $host || true

@@ -630,7 +630,7 @@ impl Pipeline {
             batch.raw.partition,
             batch.raw.offsets.len() as u64,
         );
-        let started = (!self.shadows.is_empty()).then(|| (Instant::now(), self.shadows.spent()));
+        let started = self.shadows.begin_batch(batch.raw.offsets.len());
         let i = self.parser_index(&batch.raw.topic);
         let stage = self.parsers[i].meta().name.clone();
         let mut shadowed = self.shadows.due(&stage, batch.raw.offsets.len()).map(|s| {
@@ -654,9 +654,8 @@ impl Pipeline {
         for (raw, events) in chunks {
             self.process_events(&raw, events)?;
         }
-        if let Some((at, spent_before)) = started {
-            let shadows = self.shadows.spent() - spent_before;
-            self.shadows.add_live(at.elapsed().saturating_sub(shadows));
+        if let Some(start) = started {
+            self.shadows.end_batch(start);
         }
         Ok(())
     }

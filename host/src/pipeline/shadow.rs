@@ -12,9 +12,13 @@
 //!   trap or a quota breach in it dead-letters nothing and is reported as
 //!   a difference; when it is quarantined the shadow run stops.
 //! - It may take at most `max_share` of the time the live path takes
-//!   (everything a batch costs without shadows). A batch that would exceed
-//!   it is not shadowed and counted as skipped: the live path slows by at
-//!   most that share, plus one batch of the shadow.
+//!   (everything a batch costs without shadows). Its cost is its own work
+//!   (calls, collecting the live outcomes, comparing) or, when more, what a
+//!   shadowed batch took beyond a batch without shadows: one batch in 16
+//!   runs without, as the reference, once the shadow's cost is over a
+//!   quarter of its share (below that no share binds). A batch that would exceed the share is
+//!   not shadowed and counted as skipped: the live path slows by at most
+//!   that share, plus one batch of the shadow.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -288,8 +292,11 @@ pub struct ShadowReport {
     /// Time the live path and the shadow took since the start.
     pub live_seconds: f64,
     pub shadow_seconds: f64,
-    /// The longest one batch took the shadow: the share can be overrun by
-    /// at most this (the batch that crossed it).
+    /// What shadowed batches took beyond the shadow's own work, against a
+    /// batch without shadows (evicted caches); counts against the share.
+    pub interference_seconds: f64,
+    /// The most one batch cost the shadow (own work and interference): the
+    /// share can be overrun by at most this (the batch that crossed it).
     pub longest_batch_seconds: f64,
     /// The first differing records.
     pub examples: Vec<ShadowExample>,
@@ -311,6 +318,7 @@ impl ShadowReport {
             records_skipped: 0,
             live_seconds: 0.0,
             shadow_seconds: 0.0,
+            interference_seconds: 0.0,
             longest_batch_seconds: 0.0,
             examples: Vec::new(),
             health,
@@ -323,7 +331,11 @@ pub(super) struct Shadow {
     plugin: LoadedPlugin,
     report: ShadowReport,
     live: Duration,
+    /// What its calls, collecting the live outcomes and comparing took.
     spent: Duration,
+    /// What shadowed batches took beyond that over a batch without shadows.
+    interference: Duration,
+    spent_at_batch_start: Duration,
 }
 
 impl Shadow {
@@ -333,6 +345,8 @@ impl Shadow {
             plugin,
             live: Duration::ZERO,
             spent: Duration::ZERO,
+            interference: Duration::ZERO,
+            spent_at_batch_start: Duration::ZERO,
         }
     }
 
@@ -344,6 +358,7 @@ impl Shadow {
         let mut r = self.report.clone();
         r.live_seconds = self.live.as_secs_f64();
         r.shadow_seconds = self.spent.as_secs_f64();
+        r.interference_seconds = self.interference.as_secs_f64();
         r.health = plugin_health(&self.plugin).clone();
         r
     }
@@ -521,13 +536,31 @@ fn plugin_health(p: &LoadedPlugin) -> &PluginHealth {
 pub(super) struct Shadows {
     running: BTreeMap<String, Shadow>,
     ended: BTreeMap<String, ShadowReport>,
+    /// Batches begun; every [`REFERENCE_EVERY`]th runs without shadows.
+    batches: u64,
+    /// Whether the current batch is a reference batch.
+    reference: bool,
+    /// Time per record of batches without a shadow (moving average): what
+    /// a shadowed batch would have cost without its shadow.
+    plain_per_record: Option<f64>,
+}
+
+/// One batch in this many runs without shadows (while a shadow's cost is
+/// over a quarter of its share), to keep measuring what the live path costs
+/// alone: a shadow slows the live path beyond its own calls (the caches it
+/// evicts), and that counts against its share too.
+const REFERENCE_EVERY: u64 = 16;
+
+/// Weight of the newest reference batch in `plain_per_record`.
+const REFERENCE_WEIGHT: f64 = 0.2;
+
+/// Where a batch began, for [`Shadows::end_batch`].
+pub(super) struct BatchStart {
+    at: Instant,
+    records: usize,
 }
 
 impl Shadows {
-    pub(super) fn is_empty(&self) -> bool {
-        self.running.is_empty()
-    }
-
     pub(super) fn start(&mut self, stage: &str, shadow: Shadow) {
         self.ended.remove(stage);
         self.running.insert(stage.to_string(), shadow);
@@ -564,7 +597,9 @@ impl Shadows {
         if s.report.state != ShadowState::Running {
             return None;
         }
-        if s.spent.as_secs_f64() > s.report.max_share * s.live.as_secs_f64() {
+        if self.reference
+            || (s.spent + s.interference).as_secs_f64() > s.report.max_share * s.live.as_secs_f64()
+        {
             s.report.batches_skipped += 1;
             s.report.records_skipped += records as u64;
             return None;
@@ -572,15 +607,68 @@ impl Shadows {
         Some(s)
     }
 
-    /// Time every shadow has taken so far.
-    pub(super) fn spent(&self) -> Duration {
-        self.running.values().map(|s| s.spent).sum()
+    /// Starts a batch of `records` (`None` without shadows running).
+    pub(super) fn begin_batch(&mut self, records: usize) -> Option<BatchStart> {
+        if self.running.is_empty() {
+            return None;
+        }
+        self.batches += 1;
+        // A reference is needed only where a share could bind: a shadow
+        // whose own work is already over a quarter of its share.
+        self.reference = self.batches.is_multiple_of(REFERENCE_EVERY)
+            && self.running.values().any(|s| {
+                s.report.state == ShadowState::Running
+                    && (s.spent + s.interference).as_secs_f64()
+                        > s.report.max_share / 4.0 * s.live.as_secs_f64()
+            });
+        for s in self.running.values_mut() {
+            s.spent_at_batch_start = s.spent;
+        }
+        Some(BatchStart {
+            at: Instant::now(),
+            records,
+        })
     }
 
-    /// Adds a batch's live-path time (its time without the shadows).
-    pub(super) fn add_live(&mut self, live: Duration) {
+    /// Ends a batch: its time, less what the shadows cost, is live-path
+    /// time. A shadow's cost is what its calls took or, when more, what the
+    /// batch took beyond a batch without shadows (a reference batch's time
+    /// per record); the excess is charged as interference.
+    pub(super) fn end_batch(&mut self, start: BatchStart) {
+        self.reference = false;
+        let elapsed = start.at.elapsed();
+        let this_batch = |s: &Shadow| s.spent.saturating_sub(s.spent_at_batch_start);
+        let measured: Duration = self.running.values().map(this_batch).sum();
+        if measured.is_zero() {
+            let per_record = elapsed.as_secs_f64() / start.records.max(1) as f64;
+            self.plain_per_record = Some(match self.plain_per_record {
+                Some(p) => p + REFERENCE_WEIGHT * (per_record - p),
+                None => per_record,
+            });
+            for s in self.running.values_mut() {
+                s.live += elapsed;
+            }
+            return;
+        }
+        let excess = self.plain_per_record.map_or(Duration::ZERO, |p| {
+            elapsed.saturating_sub(Duration::from_secs_f64(p * start.records as f64))
+        });
+        let charged = excess.max(measured);
+        let interference = charged - measured;
+        let ran = self
+            .running
+            .values()
+            .filter(|s| !this_batch(s).is_zero())
+            .count();
         for s in self.running.values_mut() {
-            s.live += live;
+            let own = this_batch(s);
+            if !own.is_zero() {
+                let share = interference / ran as u32;
+                s.interference += share;
+                let batch = (own + share).as_secs_f64();
+                s.report.longest_batch_seconds = s.report.longest_batch_seconds.max(batch);
+            }
+            s.live += elapsed.saturating_sub(charged);
         }
     }
 }

@@ -227,10 +227,7 @@ fn uploaded(
 fn describe(control: &PipelineControl, s: &StageView) -> Value {
     let registry = control.registry();
     let record = registry.stage(&s.name);
-    let shadowing = s
-        .shadow
-        .as_ref()
-        .filter(|r| matches!(r.state, ShadowState::Running | ShadowState::Quarantined));
+    let shadowing = s.shadow.as_ref().filter(|r| r.state.holds());
     // Each uploaded version's state: the live one, the shadow, or stored.
     let versions: Vec<Value> = registry
         .versions(&s.name)

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::upload::load_stored;
 use super::{blocking, stage_view, uploaded, AdminError, AdminState};
 use crate::config::shadow_share_problem;
-use crate::pipeline::{Change, ShadowReport, ShadowState};
+use crate::pipeline::{Change, ShadowReport};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,7 +95,7 @@ pub(super) async fn stop(
     let answer = blocking(move || {
         let running = stage_view(&control, &name)?
             .shadow
-            .is_some_and(|r| matches!(r.state, ShadowState::Running | ShadowState::Quarantined));
+            .is_some_and(|r| r.state.holds());
         if !running {
             return Err(AdminError::NotFound(format!("`{name}` runs no shadow")));
         }

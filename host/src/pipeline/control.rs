@@ -58,6 +58,14 @@ impl LoadedPlugin {
             LoadedPlugin::Late(p) => p.meta(),
         }
     }
+
+    pub fn health(&self) -> &PluginHealth {
+        match self {
+            LoadedPlugin::Parser(p) => p.health(),
+            LoadedPlugin::Feature(p) => p.health(),
+            LoadedPlugin::Late(p) => p.health(),
+        }
+    }
 }
 
 /// One change to one stage.

@@ -59,6 +59,12 @@ use crate::telemetry::status::{StatusBoard, StatusReporter};
 use crate::window::{FeatureDef, Tiler, Watermarks};
 use shadow::{Compared, Outcomes};
 
+/// Row indices `0..n` split in two halves, for isolating a failing call.
+fn halves(n: usize) -> (Vec<u32>, Vec<u32>) {
+    let mid = (n / 2) as u32;
+    ((0..mid).collect(), (mid..n as u32).collect())
+}
+
 /// Opens every configured output at the state its last checkpoint committed.
 fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, PipelineError> {
     let mut outputs = Vec::new();
@@ -718,9 +724,7 @@ impl Pipeline {
                     }
                     return self.dead_letter(Stage::Parse, Some(&meta), &err.to_string(), &raw, 0);
                 }
-                let mid = (n / 2) as u32;
-                let left: Vec<u32> = (0..mid).collect();
-                let right: Vec<u32> = (mid..n as u32).collect();
+                let (left, right) = halves(n);
                 self.parse_isolating(select_raw(&raw, &left), out, live.as_deref_mut())?;
                 self.parse_isolating(select_raw(&raw, &right), out, live)
             }
@@ -985,9 +989,7 @@ impl Pipeline {
                         events.source_row[0] as usize,
                     );
                 }
-                let mid = n / 2;
-                let left: Vec<u32> = (0..mid).collect();
-                let right: Vec<u32> = (mid..n).collect();
+                let (left, right) = halves(n as usize);
                 let left = select_events(events, &left);
                 self.feature_isolating(i, raw, &left, live.as_deref_mut())?;
                 self.feature_isolating(i, raw, &select_events(events, &right), live)

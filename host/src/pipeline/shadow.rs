@@ -266,6 +266,13 @@ pub enum ShadowState {
     Promoted,
 }
 
+impl ShadowState {
+    /// Not ended: the stage still holds the shadow (running or quarantined).
+    pub fn holds(self) -> bool {
+        matches!(self, ShadowState::Running | ShadowState::Quarantined)
+    }
+}
+
 /// A record the two versions disagree on.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ShadowExample {
@@ -341,7 +348,7 @@ pub(super) struct Shadow {
 impl Shadow {
     pub(super) fn new(plugin: LoadedPlugin, version: String, max_share: f64) -> Self {
         Shadow {
-            report: ShadowReport::new(version, max_share, plugin_health(&plugin).clone()),
+            report: ShadowReport::new(version, max_share, plugin.health().clone()),
             plugin,
             live: Duration::ZERO,
             spent: Duration::ZERO,
@@ -359,60 +366,61 @@ impl Shadow {
         r.live_seconds = self.live.as_secs_f64();
         r.shadow_seconds = self.spent.as_secs_f64();
         r.interference_seconds = self.interference.as_secs_f64();
-        r.health = plugin_health(&self.plugin).clone();
+        r.health = self.plugin.health().clone();
         r
     }
 
     /// Parses `raw` with the shadow, isolating failures as the live path
     /// does (halving down to the records that fail).
     pub(super) fn parse(&mut self, raw: &RawBatch) -> Outcomes {
-        let started = Instant::now();
-        let mut out = Outcomes::default();
-        if let LoadedPlugin::Parser(p) = &mut self.plugin {
-            parse_isolating(p, raw, &mut out);
-        }
-        self.called(started);
-        out
+        self.run(|plugin, out| {
+            if let LoadedPlugin::Parser(p) = plugin {
+                parse_isolating(p, raw, out);
+            }
+        })
     }
 
     /// Runs the shadow feature plugin on `events`, isolating failures.
     pub(super) fn process(&mut self, raw: &RawBatch, events: &EventBatch) -> Outcomes {
-        let started = Instant::now();
-        let mut out = Outcomes::default();
-        if let LoadedPlugin::Feature(p) = &mut self.plugin {
-            process_isolating(p, raw, events, &mut out);
-        }
-        self.called(started);
-        out
+        self.run(|plugin, out| {
+            if let LoadedPlugin::Feature(p) = plugin {
+                process_isolating(p, raw, events, out);
+            }
+        })
     }
 
     /// The shadow late handler's decisions (a failure fails every late
     /// event, as on the live path).
     pub(super) fn decide(&mut self, raw: &RawBatch, batch: &LateBatch) -> Outcomes {
-        let started = Instant::now();
-        let mut out = Outcomes::default();
-        if let LoadedPlugin::Late(p) = &mut self.plugin {
-            match p.decide(batch) {
-                Ok(d) => out.add_decisions(raw, &batch.events, &d),
-                Err(e) => fail_all(&mut out, raw, &batch.events.source_row, &e),
+        self.run(|plugin, out| {
+            if let LoadedPlugin::Late(p) = plugin {
+                match p.decide(batch) {
+                    Ok(d) => out.add_decisions(raw, &batch.events, &d),
+                    Err(e) => fail_all(out, raw, &batch.events.source_row, &e),
+                }
             }
-        }
-        self.called(started);
-        out
+        })
     }
 
-    fn called(&mut self, started: Instant) {
-        if plugin_health(&self.plugin).quarantined && self.report.state == ShadowState::Running {
+    /// Runs `call` on the shadow plugin, timed; notices a quarantine.
+    fn run(&mut self, call: impl FnOnce(&mut LoadedPlugin, &mut Outcomes)) -> Outcomes {
+        let started = Instant::now();
+        let mut out = Outcomes::default();
+        call(&mut self.plugin, &mut out);
+        if self.plugin.health().quarantined && self.report.state == ShadowState::Running {
             self.report.state = ShadowState::Quarantined;
             tracing::warn!(
                 version = self.report.version,
                 "shadow version quarantined; its shadow run stops"
             );
         }
-        let took = started.elapsed();
-        self.spent += took;
-        self.report.longest_batch_seconds =
-            self.report.longest_batch_seconds.max(took.as_secs_f64());
+        self.spent += started.elapsed();
+        out
+    }
+
+    /// Whether what the shadow cost is over `share` of the live path's time.
+    fn costs_over(&self, share: f64) -> bool {
+        (self.spent + self.interference).as_secs_f64() > share * self.live.as_secs_f64()
     }
 
     /// Compares the two versions on every record of `compared`; the work
@@ -484,11 +492,6 @@ fn fail_all(out: &mut Outcomes, raw: &RawBatch, source_rows: &[u32], e: &PluginE
     out.fail_rows(raw, source_rows, &format!("shadow failed: {e}"));
 }
 
-fn halves(n: usize) -> (Vec<u32>, Vec<u32>) {
-    let mid = (n / 2) as u32;
-    ((0..mid).collect(), (mid..n as u32).collect())
-}
-
 fn parse_isolating(p: &mut ParserPlugin, raw: &RawBatch, out: &mut Outcomes) {
     match p.parse(raw) {
         Ok(parsed) => out.add_parsed(raw, &parsed),
@@ -497,7 +500,7 @@ fn parse_isolating(p: &mut ParserPlugin, raw: &RawBatch, out: &mut Outcomes) {
             fail_all(out, raw, &rows, &e)
         }
         Err(_) => {
-            let (left, right) = halves(raw.offsets.len());
+            let (left, right) = super::halves(raw.offsets.len());
             parse_isolating(p, &select_raw(raw, &left), out);
             parse_isolating(p, &select_raw(raw, &right), out);
         }
@@ -516,18 +519,10 @@ fn process_isolating(
             fail_all(out, raw, &events.source_row, &e)
         }
         Err(_) => {
-            let (left, right) = halves(events.len as usize);
+            let (left, right) = super::halves(events.len as usize);
             process_isolating(p, raw, &select_events(events, &left), out);
             process_isolating(p, raw, &select_events(events, &right), out);
         }
-    }
-}
-
-fn plugin_health(p: &LoadedPlugin) -> &PluginHealth {
-    match p {
-        LoadedPlugin::Parser(p) => p.health(),
-        LoadedPlugin::Feature(p) => p.health(),
-        LoadedPlugin::Late(p) => p.health(),
     }
 }
 
@@ -597,9 +592,7 @@ impl Shadows {
         if s.report.state != ShadowState::Running {
             return None;
         }
-        if self.reference
-            || (s.spent + s.interference).as_secs_f64() > s.report.max_share * s.live.as_secs_f64()
-        {
+        if self.reference || s.costs_over(s.report.max_share) {
             s.report.batches_skipped += 1;
             s.report.records_skipped += records as u64;
             return None;
@@ -617,9 +610,7 @@ impl Shadows {
         // whose own work is already over a quarter of its share.
         self.reference = self.batches.is_multiple_of(REFERENCE_EVERY)
             && self.running.values().any(|s| {
-                s.report.state == ShadowState::Running
-                    && (s.spent + s.interference).as_secs_f64()
-                        > s.report.max_share / 4.0 * s.live.as_secs_f64()
+                s.report.state == ShadowState::Running && s.costs_over(s.report.max_share / 4.0)
             });
         for s in self.running.values_mut() {
             s.spent_at_batch_start = s.spent;

@@ -77,11 +77,12 @@ pub(super) fn restore_shadows(
 ) -> Shadows {
     let mut shadows = Shadows::default();
     for (name, (kind, cfg)) in stages {
-        let Some(record) = registry.stage(name).shadow else {
+        let stage = registry.stage(name);
+        let Some(record) = stage.shadow else {
             continue;
         };
         let loaded = stored_source(cfg, registry, &record.version).and_then(|mut src| {
-            src.quotas = registry.stage(name).quotas.unwrap_or(src.quotas);
+            src.quotas = stage.quotas.unwrap_or(src.quotas);
             LoadedPlugin::load(runtime, *kind, &src)
         });
         match loaded {

@@ -191,6 +191,13 @@ impl CassandraNode {
     pub fn kill(&mut self) {
         self.server.kill(self.port);
     }
+
+    /// The node's process id while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.server.pid_file())
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
 }
 
 /// The CQL servers the store tests run against: the shared Cassandra node,
@@ -279,8 +286,11 @@ pub fn cassandra() -> &'static CqlServer {
     })
 }
 
-/// Runs statements on `server` as its superuser.
-pub fn cql(server: &CqlServer, statements: &[&str]) {
+/// Runs `f` on a session with `server` as its superuser.
+fn with_session<R>(
+    server: &CqlServer,
+    f: impl AsyncFnOnce(&scylla::client::session::Session) -> R,
+) -> R {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -305,11 +315,37 @@ pub fn cql(server: &CqlServer, statements: &[&str]) {
                 Err(e) => panic!("connecting to the CQL server {}: {e}", server.name),
             }
         };
+        f(&session).await
+    })
+}
+
+/// Runs statements on `server` as its superuser.
+pub fn cql(server: &CqlServer, statements: &[&str]) {
+    with_session(server, async |session| {
         for s in statements {
             session
                 .query_unpaged(*s, ())
                 .await
                 .unwrap_or_else(|e| panic!("{s}: {e}"));
         }
-    });
+    })
+}
+
+/// The rows of one query on `server` as its superuser.
+pub fn cql_rows<T>(server: &CqlServer, query: &str) -> Vec<T>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    with_session(server, async |session| {
+        session
+            .query_unpaged(query, ())
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .into_rows_result()
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .rows::<T>()
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .collect::<Result<Vec<T>, _>>()
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    })
 }

@@ -4,8 +4,10 @@
 //! store answers with a brute-force fold of the updates that were committed.
 //! Then the CQL store's own promises: a checkpoint logged but not applied
 //! (a crash at the commit point) is applied exactly once by whoever reads
-//! next, a second writer over the same positions is fenced, tiles expire
-//! with their feature's retention, and a store down mid-run loses nothing.
+//! next, an apply that fails is finished by the retry (not committed twice),
+//! a node that loses acknowledged writes is caught, a second writer over the
+//! same positions is fenced, tiles expire with their feature's retention,
+//! and a store down mid-run loses nothing.
 
 use std::sync::Arc;
 
@@ -130,6 +132,7 @@ fn features_register_with_stable_ids_and_breaking_changes_are_refused() {
 }
 
 /// One committed update, as the oracle sees it.
+#[derive(Clone)]
 struct Update {
     entity: String,
     time: i64,
@@ -317,6 +320,16 @@ fn committed_deltas_read_back_as_brute_force_says_and_survive_a_reopen() {
     }
 }
 
+/// The keyspace a `[store]` section names.
+fn keyspace_of(section: &str) -> String {
+    section
+        .lines()
+        .find_map(|l| l.strip_prefix("keyspace = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
 fn open_cql(section: &str) -> Arc<ScyllaStore> {
     match parse_store(section) {
         StoreConfig::Scylla(c) => Arc::new(ScyllaStore::open(&c).unwrap()),
@@ -366,6 +379,193 @@ fn a_checkpoint_logged_but_not_applied_is_applied_once_by_the_next_reader() {
         all.append(&mut more);
         check_tiles_and_windows(server.name, opened[0].0.as_ref(), &f, &all, 6);
     }
+}
+
+#[test]
+fn a_checkpoint_whose_apply_fails_is_finished_by_its_retry_not_committed_again() {
+    // Needs a superuser to grant and revoke, so the test's own Cassandra.
+    let server = servers::cassandra();
+    let section = server.store_section("apply-fails");
+    let owner = open_cql(&section);
+    let id = owner
+        .register_features(&[feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)])
+        .unwrap()[0];
+    let mut all = commit_updates(owner.as_ref(), id, 31, 1);
+    // A job role that may write everything but positions: a commit reaches
+    // its commit point, writes every tile, then fails.
+    let ks = keyspace_of(&section);
+    let mut grants = vec![
+        "CREATE ROLE IF NOT EXISTS tessera_no_positions WITH PASSWORD = 'np' AND LOGIN = true"
+            .to_string(),
+        format!("GRANT SELECT ON KEYSPACE {ks} TO tessera_no_positions"),
+        "GRANT CREATE ON ALL KEYSPACES TO tessera_no_positions".to_string(),
+    ];
+    for table in [
+        "tiles",
+        "checkpoints",
+        "checkpoint_chunks",
+        "schema_migrations",
+    ] {
+        grants.push(format!(
+            "GRANT MODIFY ON TABLE {ks}.{table} TO tessera_no_positions"
+        ));
+    }
+    let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+    servers::cql(server, &grants);
+    let limited = open_cql(&section.replacen(
+        "username = \"cassandra\"\npassword = \"cassandra\"",
+        "username = \"tessera_no_positions\"\npassword = \"np\"",
+        1,
+    ));
+    let (second, mut updates) = random_checkpoint(id, &mut Rng(32), 1);
+    let refused = limited.commit(&second);
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("positions")),
+        "{refused:?}"
+    );
+    // Allowed again: the retry finishes the logged entry (the permission
+    // cache takes a moment to see the grant; every try before is refused
+    // the same way and must not count the deltas again).
+    servers::cql(
+        server,
+        &[&format!(
+            "GRANT MODIFY ON TABLE {ks}.positions TO tessera_no_positions"
+        )],
+    );
+    crate::support::wait_until(
+        std::time::Duration::from_secs(30),
+        "the retried commit to succeed",
+        || limited.commit(&second).is_ok(),
+    );
+    all.append(&mut updates);
+    let reader = open_cql(&section);
+    assert_eq!(
+        reader
+            .position("conformance", "file:input")
+            .unwrap()
+            .as_deref(),
+        Some(&2u64.to_be_bytes()[..])
+    );
+    let f = reader.feature("sum").unwrap().unwrap();
+    check_tiles_and_windows(server.name, reader.as_ref(), &f, &all, 7);
+    // And the next checkpoint of the same writer goes on from there.
+    let (third, mut more) = random_checkpoint(id, &mut Rng(33), 2);
+    limited.commit(&third).unwrap();
+    all.append(&mut more);
+    check_tiles_and_windows(server.name, reader.as_ref(), &f, &all, 8);
+}
+
+/// Commits, retrying while the store is unreachable (a node restarting).
+fn commit_when_up(store: &ScyllaStore, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match store.commit(checkpoint) {
+            Err(e) if e.is_transient() && started.elapsed().as_secs() < 120 => {
+                std::thread::sleep(std::time::Duration::from_millis(300))
+            }
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn a_store_that_loses_acknowledged_checkpoints_is_caught_and_nothing_is_lost() {
+    // A node of its own, killed while a writer commits. Cassandra (like
+    // ScyllaDB by default) syncs its commit log periodically and replays
+    // it only up to the last sync marker (written every 100 ms), so a
+    // kill drops writes it acknowledged just before.
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = servers::CassandraNode::new(&dir.path().join("cassandra"));
+    node.start();
+    let server = servers::CqlServer {
+        name: "lossy",
+        contact_point: node.contact_point(),
+        username: Some("cassandra".into()),
+        password: Some("cassandra".into()),
+    };
+    let section = server.store_section("lossy");
+    let store = open_cql(&section);
+    let id = store
+        .register_features(&[feature("sum", "user", &[60, 3600, 86_400], 30 * 86_400)])
+        .unwrap()[0];
+    let mut rng = Rng(41);
+    let checkpoints: Arc<Vec<_>> = Arc::new(
+        (0..40)
+            .map(|n| random_checkpoint(id, &mut rng, n))
+            .collect(),
+    );
+    store.commit(&checkpoints[0].0).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1)); // past a sync marker
+                                                           // Killed by the writer itself the moment checkpoint 3 is acknowledged,
+                                                           // well inside the window the node has not marked yet.
+    let pid = node.pid().expect("the node runs");
+    let writer = {
+        let (store, checkpoints) = (store.clone(), checkpoints.clone());
+        std::thread::spawn(move || {
+            (1..checkpoints.len())
+                .find(|&i| {
+                    let failed = store.commit(&checkpoints[i].0).is_err();
+                    if i == 3 {
+                        // SAFETY: a plain signal to a process id.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    failed
+                })
+                .unwrap_or(checkpoints.len())
+        })
+    };
+    // Checkpoints 0..acked were acknowledged; `acked` failed in flight.
+    let acked = writer.join().unwrap();
+    assert_eq!(acked, 4, "checkpoints 1..=3 commit, 4 meets the dead node");
+    node.kill();
+    node.start();
+    // The log as the node kept it: entry n + 1 is checkpoint n. The last
+    // acknowledged one still applied means nothing acknowledged was lost
+    // (the node keeps a prefix of what it was sent).
+    let ks = keyspace_of(&section);
+    let log: Vec<(i64, Option<bool>)> = servers::cql_rows(
+        &server,
+        &format!("SELECT seq, applied FROM {ks}.checkpoints WHERE writer = 'conformance'"),
+    );
+    let kept = log.contains(&(acked as i64, Some(true)));
+    eprintln!("lossy node: {acked} checkpoints acknowledged before the kill; log after: {log:?}");
+    // The writer that lived through it tries its failed checkpoint again:
+    // refused exactly when the store lost what it had acknowledged.
+    let retried = commit_when_up(&store, &checkpoints[acked].0);
+    let resume = if kept {
+        retried.unwrap();
+        acked + 1
+    } else {
+        assert!(
+            matches!(retried, Err(StoreError::Regressed { .. })),
+            "checkpoint {acked} is no longer applied, yet: {retried:?}"
+        );
+        // As the pipeline does: re-read from the positions it holds (what
+        // it has logged is applied first).
+        let p = store
+            .position("conformance", "file:input")
+            .unwrap()
+            .unwrap();
+        let held = u64::from_be_bytes(p.try_into().unwrap()) as usize;
+        assert!(held <= acked + 1, "{held}");
+        held
+    };
+    for (checkpoint, _) in &checkpoints[resume..] {
+        store.commit(checkpoint).unwrap();
+    }
+    let all: Vec<Update> = checkpoints
+        .iter()
+        .flat_map(|(_, u)| u.iter().cloned())
+        .collect();
+    crate::support::wait_until(
+        std::time::Duration::from_secs(60),
+        "the serving session to reconnect",
+        || store.feature("sum").is_ok(),
+    );
+    let f = store.feature("sum").unwrap().unwrap();
+    check_tiles_and_windows(server.name, store.as_ref(), &f, &all, 9);
+    let reopened = open_cql(&section);
+    check_tiles_and_windows(server.name, reopened.as_ref(), &f, &all, 10);
 }
 
 /// That a commit was refused as fenced (and not for another reason).

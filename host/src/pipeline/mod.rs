@@ -451,16 +451,23 @@ impl Pipeline {
             positions,
         };
         if let Err(e) = self.commit_retrying(&checkpoint) {
-            if !matches!(e, PipelineError::Store(StoreError::Fenced { .. }))
+            let lost = matches!(e, PipelineError::Store(StoreError::Regressed { .. }));
+            if !(lost || matches!(e, PipelineError::Store(StoreError::Fenced { .. })))
                 || !self.source.rewind()
             {
                 return Err(e);
             }
             // Another host moved one of these positions since this one read
-            // it (a rebalance it has not seen yet): start over from what is
-            // committed, as after a revocation.
-            tracing::warn!(error = %e, "checkpoint fenced; rolled back to the committed positions");
-            self.stats.fenced += 1;
+            // it (a rebalance it has not seen yet), or the store lost
+            // checkpoints it had acknowledged: start over from what it
+            // holds, as after a revocation.
+            if lost {
+                tracing::error!(error = %e, "the store lost acknowledged checkpoints; rolled back to the positions it holds");
+                self.stats.store_regressions += 1;
+            } else {
+                tracing::warn!(error = %e, "checkpoint fenced; rolled back to the committed positions");
+                self.stats.fenced += 1;
+            }
             return self.roll_back();
         }
         self.source.committed();

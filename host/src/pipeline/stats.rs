@@ -32,6 +32,9 @@ pub struct RunStats {
     /// Checkpoints refused because another host had moved one of their
     /// positions (then rolled back and re-read).
     pub fenced: u64,
+    /// Times the store turned out to have lost checkpoints it acknowledged
+    /// (then rolled back and re-read from the positions it holds).
+    pub store_regressions: u64,
     /// Commits retried because the store was unreachable or slow.
     pub store_retries: u64,
     #[serde(with = "secs")]

@@ -37,6 +37,8 @@ pub enum StoreError {
     Cql { op: &'static str, message: String },
     #[error("another host committed `{key}` of pipeline `{writer}` since this one last read it (a rebalance not seen here yet, two hosts over one input, or two processes under one pipeline.instance): nothing was written; re-read from the committed positions")]
     Fenced { writer: String, key: String },
+    #[error("the store no longer holds checkpoint {seq} of pipeline `{writer}`, which it acknowledged as applied (a node that lost the unsynced tail of its commit log?): nothing was written; re-read from the positions it holds")]
+    Regressed { writer: String, seq: i64 },
     #[error("feature `{name}` is already registered with a different definition: stored {stored}, new {new}")]
     FeatureConflict {
         name: String,

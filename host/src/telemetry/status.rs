@@ -89,6 +89,9 @@ pub struct PipelineStatus {
     pub rollbacks: u64,
     /// Checkpoints fenced by another host (see `RunStats::fenced`).
     pub fenced: u64,
+    /// Times the store lost acknowledged checkpoints (see
+    /// `RunStats::store_regressions`).
+    pub store_regressions: u64,
     /// The pipeline's event-time watermark.
     pub watermark: Option<i64>,
     pub partitions: Vec<PartitionStatus>,
@@ -259,6 +262,7 @@ impl StatusReporter {
             checkpoints: stats.checkpoints,
             rollbacks: stats.rollbacks,
             fenced: stats.fenced,
+            store_regressions: stats.store_regressions,
             watermark: watermarks.last(),
             partitions,
             updated_at: now_ms(),
@@ -280,6 +284,8 @@ fn set_metrics(s: &PipelineStatus) {
     metrics::counter!("tessera_rollbacks_total", "pipeline" => p.clone()).absolute(s.rollbacks);
     metrics::counter!("tessera_fenced_checkpoints_total", "pipeline" => p.clone())
         .absolute(s.fenced);
+    metrics::counter!("tessera_store_regressions_total", "pipeline" => p.clone())
+        .absolute(s.store_regressions);
     metrics::gauge!("tessera_healthy", "pipeline" => p.clone()).set(f64::from(u8::from(s.healthy)));
     if let Some(w) = s.watermark {
         metrics::gauge!("tessera_watermark_milliseconds", "pipeline" => p.clone()).set(w as f64);

@@ -104,6 +104,44 @@ pub(super) struct Writer {
     /// Position keys that entries of other processes moved since this one
     /// last read them: a checkpoint moving one of them is fenced.
     moved_elsewhere: std::collections::HashSet<String>,
+    /// (seq, attempt) of the newest entry this process knows is applied.
+    /// Every catch-up reads it again: a store that lost it (a single node
+    /// dropping the unsynced tail of its commit log on a crash) has lost
+    /// acknowledged writes, and what this process caches or has read past
+    /// is no longer what the store holds.
+    known_applied: Option<(i64, i64)>,
+}
+
+impl Writer {
+    fn new(name: &str) -> Self {
+        Writer {
+            name: name.to_string(),
+            initialized: false,
+            next_seq: 1,
+            last_ts: 0,
+            attempts: Vec::new(),
+            attempt_digest: None,
+            caches: HashMap::new(),
+            unapplied: Vec::new(),
+            moved_elsewhere: Default::default(),
+            known_applied: None,
+        }
+    }
+
+    /// Notes that `h` is applied (it or a newer one is the newest known).
+    fn applied(&mut self, h: &Header) {
+        if self.known_applied.is_none_or(|(seq, _)| seq < h.seq) {
+            self.known_applied = Some((h.seq, h.attempt));
+        }
+    }
+
+    /// Forgets everything read from the store, as if it had just opened
+    /// (the next catch-up reads the whole log); timestamps stay monotonic.
+    fn forget(&mut self) {
+        let last_ts = self.last_ts;
+        *self = Writer::new(&self.name);
+        self.last_ts = last_ts;
+    }
 }
 
 impl ScyllaStore {
@@ -111,19 +149,7 @@ impl ScyllaStore {
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         writers
             .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Writer {
-                    name: name.to_string(),
-                    initialized: false,
-                    next_seq: 1,
-                    last_ts: 0,
-                    attempts: Vec::new(),
-                    attempt_digest: None,
-                    caches: HashMap::new(),
-                    unapplied: Vec::new(),
-                    moved_elsewhere: Default::default(),
-                }))
-            })
+            .or_insert_with(|| Arc::new(Mutex::new(Writer::new(name))))
             .clone()
     }
 
@@ -146,12 +172,33 @@ impl ScyllaStore {
     async fn catch_up(&self, w: &mut Writer, reading: bool) -> Result<Vec<Header>, StoreError> {
         const OP: &str = "reading the checkpoint log";
         let rows: Vec<HeaderRow> = if w.initialized {
-            rows(&self.job, &self.st.log_tail, (&w.name, w.next_seq), OP).await?
+            let from = w
+                .known_applied
+                .map_or(w.next_seq, |(seq, _)| seq.min(w.next_seq));
+            rows(&self.job, &self.st.log_tail, (&w.name, from), OP).await?
         } else {
             rows(&self.job, &self.st.log_all, (&w.name,), OP).await?
         };
         let mut headers: Vec<Header> = rows.into_iter().map(Header::from).collect();
         headers.sort_by_key(|h| h.seq);
+        if w.initialized {
+            if let Some((seq, attempt)) = w.known_applied {
+                // Still there and applied, or pruned behind newer entries.
+                let kept = match headers.iter().find(|h| h.seq == seq) {
+                    Some(h) => h.attempt == attempt && h.applied,
+                    None => headers.iter().any(|h| h.seq > seq),
+                };
+                if !kept {
+                    w.forget();
+                    return Err(StoreError::Regressed {
+                        writer: w.name.clone(),
+                        seq,
+                    });
+                }
+            }
+            // Entries before `next_seq` were seen already.
+            headers.retain(|h| h.seq >= w.next_seq);
+        }
         let now = now_micros();
         for h in &headers {
             let foreign = w.initialized && !w.attempts.contains(&(h.seq, h.attempt));
@@ -169,9 +216,12 @@ impl ScyllaStore {
             if !h.applied {
                 if reading || !foreign || cached_author || now - h.ts >= APPLY_GRACE_MICROS {
                     self.apply(w, h, None).await?;
+                    w.applied(h);
                 } else {
                     w.unapplied.push(h.clone());
                 }
+            } else {
+                w.applied(h);
             }
             w.next_seq = w.next_seq.max(h.seq + 1);
             w.last_ts = w.last_ts.max(h.ts);
@@ -204,7 +254,9 @@ impl ScyllaStore {
                 .map(Header::from);
                 match current {
                     Some(c) if !c.applied && c.attempt == h.attempt => {
-                        self.apply(w, &c, None).await
+                        self.apply(w, &c, None).await?;
+                        w.applied(&c);
+                        Ok(())
                     }
                     _ => Ok(()), // applied (or pruned after it was) meanwhile
                 }
@@ -220,8 +272,28 @@ impl ScyllaStore {
     }
 
     /// Applies one log entry (see the module doc); `tiles` when the caller
-    /// has them, else they are read from the chunks.
+    /// has them, else they are read from the chunks. A failure drops the
+    /// author's cached partials.
     async fn apply(
+        &self,
+        w: &Writer,
+        h: &Header,
+        tiles: Option<Vec<LoggedTile>>,
+    ) -> Result<(), StoreError> {
+        let result = self.apply_entry(w, h, tiles).await;
+        if result.is_err() {
+            // Some tile writes may have been acknowledged and cached yet be
+            // lost (a node that crashed before syncing them): whoever
+            // finishes the entry reads the partials the store holds.
+            if let Some(cache) = w.caches.get(h.author(&w.name)) {
+                cache.invalidate_all();
+            }
+        }
+        result
+    }
+
+    /// [`Self::apply`] without the clean-up on failure.
+    async fn apply_entry(
         &self,
         w: &Writer,
         h: &Header,
@@ -593,16 +665,20 @@ impl ScyllaStore {
                     agg: d.agg,
                 })
                 .collect();
-            // Committed from here on: a failed apply is finished by the
-            // next call's catch-up.
+            // Committed from here on. Until it is applied the entry stays
+            // among this checkpoint's attempts and `next_seq` stays on it:
+            // a retry of the checkpoint after a failed apply finds it in
+            // the log, finishes applying it and stops there, instead of
+            // committing the same deltas again as a new entry.
+            if apply {
+                self.apply(w, &header, Some(tiles)).await?;
+                w.applied(&header);
+            }
             w.next_seq = seq + 1;
             w.last_ts = ts;
             w.attempts.clear();
             w.attempt_digest = None;
-            if !apply {
-                return Ok(());
-            }
-            return self.apply(w, &header, Some(tiles)).await;
+            return Ok(());
         }
     }
 }

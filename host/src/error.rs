@@ -74,6 +74,8 @@ pub enum PipelineError {
     },
     #[error("features declared twice: `{0}` (feature names must be unique across plugins)")]
     DuplicateFeature(String),
+    #[error("partition ledger: {0}")]
+    Ledger(#[from] crate::pipeline::ledger::LedgerError),
     #[error("output `{output}`: {source}")]
     Output {
         output: String,

@@ -60,6 +60,27 @@ enum Command {
         #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
     },
+    /// The tile output's completeness: how far event time is complete and
+    /// each event-time partition (events, completion, amendments).
+    Completeness {
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
+        config: PathBuf,
+    },
+    /// The change log: completions and amendments numbered above a high
+    /// watermark; with `--commit`, commit a consumer's high watermark.
+    Changes {
+        #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
+        config: PathBuf,
+        /// Changes above this number.
+        #[arg(long, conflicts_with = "consumer")]
+        since: Option<u64>,
+        /// Changes above what this consumer committed.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Commit this high watermark for `--consumer` (after processing).
+        #[arg(long, requires = "consumer")]
+        commit: Option<u64>,
+    },
     /// Serve the HTTP API over the store.
     Serve {
         #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
@@ -190,6 +211,37 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&store.features()?)?);
             Ok(())
         }
+        Command::Completeness { config } => {
+            let cfg = Config::load(&config)?;
+            let store = stores::open(&cfg.store)?;
+            let state = api::changes::LedgerAt::of(&cfg).read(store.as_ref())?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(())
+        }
+        Command::Changes {
+            config,
+            since,
+            consumer,
+            commit,
+        } => {
+            let cfg = Config::load(&config)?;
+            let store = stores::open(&cfg.store)?;
+            let at = api::changes::LedgerAt::of(&cfg);
+            match (commit, consumer.as_deref()) {
+                (Some(hw), Some(name)) => {
+                    at.commit(store.as_ref(), name, hw)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "consumer": name, "high_watermark": hw })
+                    );
+                }
+                _ => {
+                    let changes = at.changes(store.as_ref(), since, consumer.as_deref())?;
+                    println!("{}", serde_json::to_string_pretty(&changes)?);
+                }
+            }
+            Ok(())
+        }
         Command::Serve { config, listen } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
@@ -197,6 +249,7 @@ fn main() -> Result<()> {
             let tls = tls_config(cfg.api.tls.as_ref())?;
             let state = api::AppState {
                 metrics: Some(install_metrics()?),
+                ledger: Some(api::changes::LedgerAt::of(&cfg)),
                 ..api::AppState::configured(store, &cfg.api)
             };
             let rt = tokio_runtime()?;
@@ -395,6 +448,7 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let store = stores::open(&cfg.store)?;
     let api_cfg = cfg.api.clone();
+    let ledger = api::changes::LedgerAt::of(&cfg);
     let listen = cfg.api.listen.clone();
     // Read before the pipeline starts: a bad certificate stops the host.
     let (api_tls, admin_tls) = if serve {
@@ -428,6 +482,7 @@ fn run(config: &std::path::Path, serve: bool, json: bool) -> Result<()> {
         let state = api::AppState {
             status: Some(pipeline.status_board()),
             metrics,
+            ledger: Some(ledger),
             ..api::AppState::configured(store.clone(), &api_cfg)
         };
         let (admin, admin_listen) = match admin {

@@ -8,14 +8,17 @@ use tessera::api::{self, query};
 
 use crate::support::{self, T0};
 
-async fn call(app: &axum::Router, req: axum::http::Request<Body>) -> (u16, serde_json::Value) {
+pub(crate) async fn call(
+    app: &axum::Router,
+    req: axum::http::Request<Body>,
+) -> (u16, serde_json::Value) {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap())
 }
 
-async fn get(app: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn get(app: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
     call(
         app,
         axum::http::Request::get(uri).body(Body::empty()).unwrap(),
@@ -276,11 +279,17 @@ async fn the_openapi_document_describes_the_routes_served() {
         "/v1/features",
         "/v1/features/{feature}/entities/{entity}",
         "/v1/batch",
+        "/v1/completeness",
+        "/v1/changes",
+        "/v1/changes/consumers/{name}",
     ] {
         assert!(paths.iter().any(|p| *p == served), "{served} is described");
     }
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let uri = path.replace("{feature}", "f").replace("{entity}", "e");
+        let uri = path
+            .replace("{feature}", "f")
+            .replace("{entity}", "e")
+            .replace("{name}", "n");
         for (method, op) in item.as_object().unwrap() {
             // Admin routes are served beside a running pipeline only
             // (tests/all/admin.rs checks those).

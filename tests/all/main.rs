@@ -2,6 +2,7 @@
 //! library and the `tessera` binary, one test binary (as wasmtime does).
 
 mod admin;
+mod changes;
 mod container;
 mod containment;
 mod http;

@@ -225,10 +225,11 @@ pub fn embedded_store(dir: &Path) -> String {
     )
 }
 
-/// The `[dead_letter]` and `[side_output]` sections, under `dir`.
+/// The `[dead_letter]`, `[side_output]` and `[completeness]` (for its
+/// change-log file) sections, under `dir`.
 pub fn sink_sections(dir: &Path) -> String {
     format!(
-        "[dead_letter]\npath = \"{dir}/dead-letter.ndjson\"\n\n[side_output]\npath = \"{dir}/side-output.ndjson\"\n",
+        "[dead_letter]\npath = \"{dir}/dead-letter.ndjson\"\n\n[side_output]\npath = \"{dir}/side-output.ndjson\"\n\n[completeness]\nchange_log_path = \"{dir}/changes.ndjson\"\n",
         dir = dir.display()
     )
 }

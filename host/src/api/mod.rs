@@ -15,6 +15,9 @@
 //! - `POST /v1/batch` — many entities × features over one window in one
 //!   call (`{"entities": [...], "features": [...], "window": "7d"}`), as
 //!   ranking services fetch them; at most `api.max_batch_items` pairs.
+//! - `GET /v1/completeness`, `GET /v1/changes`, `GET|PUT
+//!   /v1/changes/consumers/{name}` — completeness and the change log (see
+//!   [`changes`]).
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 description of all of these.
 //!
 //! Feature reads go through the serving API's own cache (`[api.cache]`,
@@ -22,6 +25,7 @@
 //! 400 (bad request), 404 (unknown feature) or 500 (store failure; details
 //! logged, not returned).
 
+pub mod changes;
 pub mod listen;
 pub mod query;
 
@@ -82,6 +86,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Most entities × features one batch call may ask for.
     pub max_batch_items: usize,
+    /// The pipeline whose completeness and change log are served.
+    pub ledger: Option<changes::LedgerAt>,
 }
 
 /// The OpenAPI description served at `/v1/openapi.json`.
@@ -95,6 +101,7 @@ impl AppState {
             status: None,
             metrics: None,
             max_batch_items: ApiConfig::default().max_batch_items,
+            ledger: None,
         }
     }
 
@@ -120,6 +127,12 @@ impl AppState {
             .route("/v1/features", get(list_features))
             .route("/v1/features/{feature}/entities/{entity}", get(get_feature))
             .route("/v1/batch", post(get_batch))
+            .route("/v1/completeness", get(changes::completeness))
+            .route("/v1/changes", get(changes::changes))
+            .route(
+                "/v1/changes/consumers/{name}",
+                get(changes::get_consumer).put(changes::put_consumer),
+            )
             .route(
                 "/v1/openapi.json",
                 get(|| async {

@@ -12,10 +12,12 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 mod admin;
+mod completeness;
 mod env;
 mod store;
 
 pub use admin::{shadow_share_problem, AdminConfig, AdminRole, AdminToken, MIN_TOKEN_CHARS};
+pub use completeness::CompletenessConfig;
 pub use store::{Consistency, ScyllaConfig, ScyllaRole, StoreConfig, TileCacheConfig};
 
 /// The whole host configuration.
@@ -41,6 +43,9 @@ pub struct Config {
     pub late: Option<PluginConfig>,
     #[serde(default)]
     pub watermark: WatermarkConfig,
+    /// When the tile output's event-time partitions count as complete.
+    #[serde(default)]
+    pub completeness: CompletenessConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
@@ -741,6 +746,7 @@ impl Config {
         }
         fix(&mut self.dead_letter.path);
         fix(&mut self.side_output.path);
+        fix(&mut self.completeness.change_log_path);
         if let Some(c) = &mut self.runtime.cache_dir {
             fix(c);
         }

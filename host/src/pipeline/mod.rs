@@ -27,6 +27,7 @@
 //! were never written, and outputs replay their logs to the committed state.
 
 mod control;
+pub mod ledger;
 mod shadow;
 mod stats;
 mod swap;
@@ -109,6 +110,43 @@ fn instance_key(cfg: &Config, base: &str) -> String {
     crate::stores::author(base, &cfg.pipeline.instance)
 }
 
+/// Counts a late handler's decisions per plugin and decision (the reasons
+/// are free text: they go with each side-output record, not into labels).
+fn count_late_decisions(plugin: &str, decisions: &[LateDecision]) {
+    let (mut accept, mut drop, mut side) = (0, 0, 0);
+    for d in decisions {
+        match d {
+            LateDecision::Accept => accept += 1,
+            LateDecision::Drop => drop += 1,
+            LateDecision::SideOutput(_) => side += 1,
+        }
+    }
+    for (decision, n) in [("accept", accept), ("drop", drop), ("side_output", side)] {
+        if n > 0 {
+            metrics::counter!("tessera_late_decisions_total", "plugin" => plugin.to_string(), "decision" => decision)
+                .increment(n);
+        }
+    }
+}
+
+/// Where this instance's partition ledger lives: (pipeline, key prefix).
+pub fn ledger_location(cfg: &Config) -> (String, String) {
+    (
+        cfg.pipeline.name.clone(),
+        ledger::prefix(&instance_key(cfg, "ledger")),
+    )
+}
+
+fn open_ledger(cfg: &Config, store: &dyn TileStore) -> Result<ledger::Ledger, PipelineError> {
+    let (pipeline, prefix) = ledger_location(cfg);
+    Ok(ledger::Ledger::resume(
+        &cfg.completeness,
+        store,
+        &pipeline,
+        prefix,
+    )?)
+}
+
 /// A feature plugin and the store-wide definitions of its features.
 struct FeatureStage {
     plugin: FeaturePlugin,
@@ -163,6 +201,8 @@ pub struct Pipeline {
     source: Box<dyn Source>,
     tiler: Tiler,
     dead_letter: NdjsonSink,
+    /// Completeness and amendments of the tile output's partitions.
+    ledger: ledger::Ledger,
     side_output: NdjsonSink,
     outputs: Vec<SmbSink>,
     /// Set when a bounded source has ended: the next checkpoint seals every
@@ -288,6 +328,7 @@ impl Pipeline {
         let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed(DEAD_LETTER_KEY)?)?;
         let side_output = NdjsonSink::resume(&cfg.side_output.path, committed(SIDE_OUTPUT_KEY)?)?;
         let outputs = open_outputs(&cfg, store.as_ref())?;
+        let ledger = open_ledger(&cfg, store.as_ref())?;
         let watermarks = cfg.watermark.tracker();
         let status = Arc::new(StatusBoard::new(&cfg.pipeline.name, cfg.source.kind()));
         Ok(Pipeline {
@@ -295,6 +336,7 @@ impl Pipeline {
             reporter: StatusReporter::default(),
             store_problem: None,
             dead_letter,
+            ledger,
             side_output,
             outputs,
             end_of_input: false,
@@ -443,6 +485,7 @@ impl Pipeline {
             self.side_output.committed_len().to_be_bytes().to_vec(),
         ));
         positions.extend(output_states);
+        positions.extend(self.ledger.checkpoint(watermark, now_ms()));
         self.stats.tiles_written += deltas.len() as u64;
         let checkpoint = Checkpoint {
             pipeline: self.cfg.pipeline.name.clone(),
@@ -471,6 +514,7 @@ impl Pipeline {
             return self.roll_back();
         }
         self.source.committed();
+        self.ledger.committed()?;
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
         self.publish_outputs()
@@ -522,6 +566,7 @@ impl Pipeline {
         self.outputs.clear();
         let outputs = open_outputs(&self.cfg, self.store.as_ref())?;
         self.outputs = outputs;
+        self.ledger = open_ledger(&self.cfg, self.store.as_ref())?;
         self.watermarks = self.cfg.watermark.tracker();
         self.stats.rollbacks += 1;
         tracing::info!("rolled back to the last checkpoint");
@@ -772,6 +817,7 @@ impl Pipeline {
             return Ok(());
         }
         self.stats.events_out += events.len as u64;
+        self.ledger.count(&events.event_time);
         for i in 0..self.features.len() {
             match self.features[i].rows(&events) {
                 None => self.run_feature(i, raw, &events)?,
@@ -878,6 +924,7 @@ impl Pipeline {
             }
         };
         let mut rejected = vec![false; events.len as usize];
+        count_late_decisions(&meta.name, &decisions);
         for (i, d) in decisions.iter().enumerate() {
             let row = late_rows[i] as usize;
             match d {

@@ -142,6 +142,31 @@ pub trait TileStore: Send + Sync {
 
     /// The last committed position of a source, if any.
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The committed positions whose key starts with `prefix`, by key (the
+    /// change log's partition records): what applied checkpoints wrote.
+    fn positions_under(
+        &self,
+        pipeline: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Writes one key outside any checkpoint: a key no checkpoint writes
+    /// (a change-log consumer's committed high watermark).
+    fn put_position(&self, pipeline: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
+
+/// The smallest string above every string starting with `prefix` (an
+/// exclusive upper bound for a prefix scan); `None` when there is none.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// Opens the configured store.

@@ -125,4 +125,16 @@ impl TileStore for ReadCache {
     fn position(&self, pipeline: &str, source_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.position(pipeline, source_key)
     }
+
+    fn positions_under(
+        &self,
+        pipeline: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.positions_under(pipeline, prefix)
+    }
+
+    fn put_position(&self, pipeline: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_position(pipeline, key, value)
+    }
 }

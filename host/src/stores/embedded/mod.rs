@@ -359,6 +359,34 @@ impl TileStore for EmbeddedStore {
             .map_err(store_err)?
             .map(|v| v.value().to_vec()))
     }
+
+    fn positions_under(
+        &self,
+        pipeline: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = tx.open_table(POSITIONS).map_err(store_err)?;
+        let from = format!("{pipeline}/{prefix}");
+        let mut out = Vec::new();
+        for row in table.range(from.as_str()..).map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let Some(key) = k.value().strip_prefix(&from) else {
+                break;
+            };
+            out.push((format!("{prefix}{key}"), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn put_position(&self, pipeline: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        tx.open_table(POSITIONS)
+            .map_err(store_err)?
+            .insert(format!("{pipeline}/{key}").as_str(), value)
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,8 @@ struct Statements {
     prune_log: PreparedStatement,
     write_position: PreparedStatement,
     read_position: PreparedStatement,
+    read_positions_range: PreparedStatement,
+    put_position: PreparedStatement,
     job_feature: PreparedStatement,
     job_features: PreparedStatement,
     insert_feature: PreparedStatement,
@@ -452,6 +454,8 @@ async fn prepare(job: &Session, serving: &Session, ks: &str) -> Result<Statement
         prune_log: p(job, format!("DELETE FROM {ks}.checkpoints WHERE writer = ? AND seq < ?"), true).await?,
         write_position: p(job, format!("INSERT INTO {ks}.positions (writer, key, position) VALUES (?, ?, ?) USING TIMESTAMP ?"), true).await?,
         read_position: p(job, format!("SELECT position FROM {ks}.positions WHERE writer = ? AND key = ?"), true).await?,
+        read_positions_range: p(serving, format!("SELECT key, position FROM {ks}.positions WHERE writer = ? AND key >= ? AND key < ?"), true).await?,
+        put_position: p(job, format!("INSERT INTO {ks}.positions (writer, key, position) VALUES (?, ?, ?)"), true).await?,
         job_feature: p(job, format!("SELECT definition FROM {ks}.features WHERE name = ?"), true).await?,
         job_features: p(job, format!("SELECT definition FROM {ks}.features"), true).await?,
         insert_feature: p(job, format!("INSERT INTO {ks}.features (name, id, definition) VALUES (?, ?, ?) IF NOT EXISTS"), false).await?,
@@ -515,5 +519,40 @@ impl TileStore for ScyllaStore {
         let writer = self.writer(pipeline);
         let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
         self.block_on(self.read_position(&mut w, source_key))
+    }
+
+    /// Read on the serving session without catching up: what applied
+    /// entries wrote, as consistent with the tiles as a tile read is.
+    fn positions_under(
+        &self,
+        pipeline: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let end =
+            crate::stores::prefix_end(prefix).unwrap_or_else(|| format!("{prefix}\u{10FFFF}"));
+        self.block_on(async {
+            self.serving
+                .execute_iter(
+                    self.st.read_positions_range.clone(),
+                    (pipeline, prefix, &end),
+                )
+                .await
+                .map_err(|e| cql_err("reading positions", e))?
+                .rows_stream::<(String, Vec<u8>)>()
+                .map_err(|e| cql_err("reading positions", e))?
+                .try_collect()
+                .await
+                .map_err(|e| cql_err("reading positions", e))
+        })
+    }
+
+    fn put_position(&self, pipeline: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.block_on(async {
+            self.job
+                .execute_unpaged(&self.st.put_position, (pipeline, key, value))
+                .await
+                .map_err(|e| cql_err("writing a position", e))
+                .map(|_| ())
+        })
     }
 }

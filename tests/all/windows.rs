@@ -144,6 +144,51 @@ fn late_events_follow_the_late_handler_policy() {
 }
 
 #[test]
+fn another_late_policy_drops_what_it_does_not_accept() {
+    // The same stream under a test handler that accepts up to 25 minutes
+    // and drops the rest: counted, written nowhere.
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = support::events(3, 8_000, 2 * 3_600_000, 2_000, Some((50, 20 * 60_000)));
+    for (i, e) in events.iter_mut().enumerate() {
+        if i % 70 == 69 {
+            e.ts -= 2 * 3_600_000;
+        }
+    }
+    let input = dir.path().join("events.ndjson");
+    support::write_ndjson(&input, &events);
+    let late = format!(
+        "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"late-drop\"\npath = \"{}\"\nconfig = \"1500000\"",
+        support::plugin("late_drop").display()
+    );
+    let (store, stats) = support::run(&support::config(dir.path(), &input, "", &late));
+    let (mut accepted, mut dropped, mut late_accepted, mut max_seen) =
+        (Vec::new(), 0u64, 0u64, i64::MIN);
+    for batch in events.chunks(256) {
+        let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
+        for e in batch {
+            match wm {
+                Some(wm) if e.ts < wm && wm - e.ts > 25 * 60_000 => dropped += 1,
+                Some(wm) if e.ts < wm => {
+                    late_accepted += 1;
+                    accepted.push(e.clone())
+                }
+                _ => accepted.push(e.clone()),
+            }
+        }
+        max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
+    }
+    assert!(
+        dropped > 50 && late_accepted > 50,
+        "{dropped} {late_accepted}"
+    );
+    assert_eq!(stats.late_dropped, dropped);
+    assert_eq!(stats.late_accepted, late_accepted);
+    assert_eq!(stats.late_side_output, 0);
+    assert!(support::read_ndjson(&dir.path().join("side-output.ndjson")).is_empty());
+    check_windows(store.as_ref(), &accepted, 6, 300);
+}
+
+#[test]
 fn a_failing_late_handler_dead_letters_only_the_late_events() {
     for mode in ["trap", "short"] {
         let dir = tempfile::tempdir().unwrap();

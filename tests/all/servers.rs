@@ -72,11 +72,18 @@ impl Watched {
         }
     }
 
+    /// The server's process id, once started.
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
     /// SIGKILLs the server if it runs.
     fn sigkill(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+        if let Some(pid) = self.pid() {
             let _ = std::process::Command::new("kill")
-                .args(["-9", pid.trim()])
+                .args(["-9", &pid.to_string()])
                 .status();
         }
     }
@@ -194,9 +201,7 @@ impl CassandraNode {
 
     /// The node's process id while it runs.
     pub fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.server.pid_file())
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
+        self.server.pid()
     }
 }
 

@@ -90,34 +90,43 @@ fn window_answers_match_brute_force() {
     check_windows(store.as_ref(), &events, 11, 600);
 }
 
-#[test]
-fn late_events_follow_the_late_handler_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    // Every 50th event is 20 minutes late, every 70th (overlapping) 2 hours: the
-    // default handler accepts up to 30 minutes and side-outputs the rest.
+/// 8,000 events over two hours: every 50th is 20 minutes late, every 70th
+/// (overlapping) 2 hours.
+fn late_stream() -> Vec<Event> {
     let mut events = support::events(3, 8_000, 2 * 3_600_000, 2_000, Some((50, 20 * 60_000)));
     for (i, e) in events.iter_mut().enumerate() {
         if i % 70 == 69 {
             e.ts -= 2 * 3_600_000;
         }
     }
-    let input = dir.path().join("events.ndjson");
-    support::write_ndjson(&input, &events);
-    let late = format!(
-        "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"late-default\"\npath = \"{}\"\nconfig = {{ allowed_lateness = \"30m\" }}",
-        support::plugin("late_default").display()
-    );
-    let cfg = support::config(dir.path(), &input, "", &late);
-    let (store, stats) = support::run(&cfg);
+    events
+}
 
-    // Oracle: replay the batches (256 records each) with the same watermark rule.
-    let (mut accepted, mut side, mut max_seen) = (Vec::new(), 0u64, i64::MIN);
-    let mut late_accepted = 0;
+/// Runs `events` through a pipeline with the `[late]` table `late` (and a
+/// 5 s out-of-orderness) in `dir`.
+fn run_with_late(
+    dir: &std::path::Path,
+    events: &[Event],
+    late: &str,
+) -> (std::sync::Arc<dyn TileStore>, tessera::RunStats) {
+    let input = dir.join("events.ndjson");
+    support::write_ndjson(&input, events);
+    let extra = format!("[watermark]\nout_of_orderness = \"5s\"\n\n{late}");
+    support::run(&support::config(dir, &input, "", &extra))
+}
+
+/// Oracle for a handler that accepts events at most `accept_within_ms`
+/// behind the watermark and rejects the rest: replays the batches (256
+/// records each) with the same watermark rule. (accepted events, late ones
+/// accepted, rejected)
+fn late_oracle(events: &[Event], accept_within_ms: i64) -> (Vec<Event>, u64, u64) {
+    let (mut accepted, mut late_accepted, mut rejected, mut max_seen) =
+        (Vec::new(), 0u64, 0u64, i64::MIN);
     for batch in events.chunks(256) {
         let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
         for e in batch {
             match wm {
-                Some(wm) if e.ts < wm && wm - e.ts > 30 * 60_000 => side += 1,
+                Some(wm) if e.ts < wm && wm - e.ts > accept_within_ms => rejected += 1,
                 Some(wm) if e.ts < wm => {
                     late_accepted += 1;
                     accepted.push(e.clone())
@@ -128,9 +137,23 @@ fn late_events_follow_the_late_handler_policy() {
         max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
     }
     assert!(
-        side > 50 && late_accepted > 50,
-        "the data must exercise both paths: {side} {late_accepted}"
+        rejected > 50 && late_accepted > 50,
+        "the data must exercise both paths: {rejected} {late_accepted}"
     );
+    (accepted, late_accepted, rejected)
+}
+
+#[test]
+fn late_events_follow_the_late_handler_policy() {
+    // The default handler accepts up to 30 minutes and side-outputs the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let events = late_stream();
+    let late = format!(
+        "[late]\nname = \"late-default\"\npath = \"{}\"\nconfig = {{ allowed_lateness = \"30m\" }}",
+        support::plugin("late_default").display()
+    );
+    let (store, stats) = run_with_late(dir.path(), &events, &late);
+    let (accepted, late_accepted, side) = late_oracle(&events, 30 * 60_000);
     assert_eq!(stats.late_side_output, side);
     assert_eq!(stats.late_accepted, late_accepted);
     assert_eq!(stats.events_out, accepted.len() as u64);
@@ -148,39 +171,13 @@ fn another_late_policy_drops_what_it_does_not_accept() {
     // The same stream under a test handler that accepts up to 25 minutes
     // and drops the rest: counted, written nowhere.
     let dir = tempfile::tempdir().unwrap();
-    let mut events = support::events(3, 8_000, 2 * 3_600_000, 2_000, Some((50, 20 * 60_000)));
-    for (i, e) in events.iter_mut().enumerate() {
-        if i % 70 == 69 {
-            e.ts -= 2 * 3_600_000;
-        }
-    }
-    let input = dir.path().join("events.ndjson");
-    support::write_ndjson(&input, &events);
+    let events = late_stream();
     let late = format!(
-        "[watermark]\nout_of_orderness = \"5s\"\n\n[late]\nname = \"late-drop\"\npath = \"{}\"\nconfig = \"1500000\"",
+        "[late]\nname = \"late-drop\"\npath = \"{}\"\nconfig = \"1500000\"",
         support::plugin("late_drop").display()
     );
-    let (store, stats) = support::run(&support::config(dir.path(), &input, "", &late));
-    let (mut accepted, mut dropped, mut late_accepted, mut max_seen) =
-        (Vec::new(), 0u64, 0u64, i64::MIN);
-    for batch in events.chunks(256) {
-        let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
-        for e in batch {
-            match wm {
-                Some(wm) if e.ts < wm && wm - e.ts > 25 * 60_000 => dropped += 1,
-                Some(wm) if e.ts < wm => {
-                    late_accepted += 1;
-                    accepted.push(e.clone())
-                }
-                _ => accepted.push(e.clone()),
-            }
-        }
-        max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
-    }
-    assert!(
-        dropped > 50 && late_accepted > 50,
-        "{dropped} {late_accepted}"
-    );
+    let (store, stats) = run_with_late(dir.path(), &events, &late);
+    let (accepted, late_accepted, dropped) = late_oracle(&events, 25 * 60_000);
     assert_eq!(stats.late_dropped, dropped);
     assert_eq!(stats.late_accepted, late_accepted);
     assert_eq!(stats.late_side_output, 0);

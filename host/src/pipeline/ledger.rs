@@ -292,6 +292,9 @@ impl Ledger {
     /// After the checkpoint from [`Ledger::checkpoint`] committed: appends
     /// its changes to the change-log file.
     pub fn committed(&mut self) -> Result<(), LedgerError> {
+        if self.file.written + 1 == self.next_change {
+            return Ok(()); // this checkpoint numbered no change
+        }
         self.file
             .append(&self.state)
             .map_err(|source| LedgerError::File {
@@ -303,8 +306,22 @@ impl Ledger {
     /// Counts events (their event times) that go into the tiles.
     pub fn count(&mut self, event_times: &[i64]) {
         let g = self.granularity_ms;
+        // Runs of one partition (nearly the whole batch, in time order)
+        // cost one map update each, not one per event.
+        let mut run: Option<(i64, u64)> = None;
         for t in event_times {
-            *self.pending.entry(t.div_euclid(g) * g).or_insert(0) += 1;
+            let start = t.div_euclid(g) * g;
+            match &mut run {
+                Some((s, n)) if *s == start => *n += 1,
+                _ => {
+                    if let Some((s, n)) = run.replace((start, 1)) {
+                        *self.pending.entry(s).or_insert(0) += n;
+                    }
+                }
+            }
+        }
+        if let Some((s, n)) = run {
+            *self.pending.entry(s).or_insert(0) += n;
         }
     }
 

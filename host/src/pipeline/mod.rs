@@ -110,18 +110,18 @@ fn instance_key(cfg: &Config, base: &str) -> String {
     crate::stores::author(base, &cfg.pipeline.instance)
 }
 
-/// Counts a late handler's decisions per plugin and decision (the reasons
-/// are free text: they go with each side-output record, not into labels).
-fn count_late_decisions(plugin: &str, decisions: &[LateDecision]) {
-    let (mut accept, mut drop, mut side) = (0, 0, 0);
-    for d in decisions {
-        match d {
-            LateDecision::Accept => accept += 1,
-            LateDecision::Drop => drop += 1,
-            LateDecision::SideOutput(_) => side += 1,
-        }
-    }
-    for (decision, n) in [("accept", accept), ("drop", drop), ("side_output", side)] {
+/// Counts a late handler's decisions of one batch per plugin and decision,
+/// given the run's counters before and after it (the reasons are free
+/// text: they go with each side-output record, not into labels).
+fn count_late_decisions(plugin: &str, before: &RunStats, after: &RunStats) {
+    for (decision, n) in [
+        ("accept", after.late_accepted - before.late_accepted),
+        ("drop", after.late_dropped - before.late_dropped),
+        (
+            "side_output",
+            after.late_side_output - before.late_side_output,
+        ),
+    ] {
         if n > 0 {
             metrics::counter!("tessera_late_decisions_total", "plugin" => plugin.to_string(), "decision" => decision)
                 .increment(n);
@@ -924,7 +924,7 @@ impl Pipeline {
             }
         };
         let mut rejected = vec![false; events.len as usize];
-        count_late_decisions(&meta.name, &decisions);
+        let before = self.stats.clone();
         for (i, d) in decisions.iter().enumerate() {
             let row = late_rows[i] as usize;
             match d {
@@ -953,6 +953,7 @@ impl Pipeline {
                 }
             }
         }
+        count_late_decisions(&meta.name, &before, &self.stats);
         if !rejected.iter().any(|r| *r) {
             return Ok(events);
         }

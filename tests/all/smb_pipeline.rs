@@ -239,6 +239,68 @@ fn pipeline_output_holds_each_event_once_in_its_hour_and_late_ones_in_siblings()
     assert_eq!(log2.len(), log.len());
 }
 
+/// Two host instances of one pipeline write one SMB output location at the
+/// same time, each reading half of the events: each commits under its own
+/// `instance=` directory with its own commit log, and the partitions of
+/// both read together hold every event once, in its hour.
+#[test]
+fn instances_over_one_output_location_write_their_own_directories() {
+    let shared = tempfile::tempdir().unwrap();
+    // Every 41st event is late: odd, so both halves get late ones.
+    let events = support::events(83, 40_000, 5 * HOUR, 2_000, Some((41, 2 * HOUR)));
+    let halves: Vec<Vec<Event>> = (0..2)
+        .map(|h| events.iter().skip(h).step_by(2).cloned().collect())
+        .collect();
+    let hosts: Vec<_> = ["a", "b"]
+        .into_iter()
+        .zip(halves)
+        .map(|(instance, half)| {
+            let output = output_section(shared.path(), "[]", "");
+            std::thread::spawn(move || {
+                let own = tempfile::tempdir().unwrap();
+                let input = own.path().join("events.ndjson");
+                support::write_ndjson(&input, &half);
+                let cfg = support::config(
+                    own.path(),
+                    &input,
+                    &format!("instance = \"{instance}\"\ncheckpoint_events = 2000"),
+                    &format!("[watermark]\nout_of_orderness = \"1m\"\n{output}"),
+                );
+                support::run(&cfg).1
+            })
+        })
+        .collect();
+    for h in hosts {
+        assert!(h.join().unwrap().output_partitions > 0);
+    }
+    let out = shared.path().join("out");
+    let mut top: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        ["instance=a", "instance=b"],
+        "nothing outside the instances"
+    );
+    let mut got: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for instance in &top {
+        let (by_partition, log) = read_output(&out.join(instance));
+        assert!(
+            log.iter().any(|l| l["amends"] == true),
+            "{instance}: late siblings"
+        );
+        for (partition, rows) in by_partition {
+            got.entry(partition).or_default().extend(rows);
+        }
+    }
+    assert_same(
+        got,
+        expected(&events, &["view", "like", "share", "comment"]),
+    );
+}
+
 /// The `tessera` binary, crashed at each step of the output's commit and
 /// killed mid-stream, then run to the end: the output holds each event
 /// once, every committed directory has one commit line, and tiles match

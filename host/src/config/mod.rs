@@ -201,6 +201,32 @@ impl SmbOutputConfig {
         }
     }
 
+    /// This output as one host instance of a pipeline writes it: with
+    /// `pipeline.instance` set, under `instance=<name>` of its path (or S3
+    /// prefix) and of its work directory, so several instances over one
+    /// location never write the same directory or commit log. Readers take
+    /// the partitions of every instance together.
+    pub fn for_instance(&self, instance: &str) -> SmbOutputConfig {
+        let mut c = self.clone();
+        if instance.is_empty() {
+            return c;
+        }
+        let sub = format!("instance={instance}");
+        c.work_dir = Some(c.work_dir().join(&sub));
+        if let Some(p) = &mut c.path {
+            *p = p.join(&sub);
+        }
+        if let Some(s3) = &mut c.s3 {
+            let prefix = s3.prefix.trim_matches('/');
+            s3.prefix = if prefix.is_empty() {
+                sub
+            } else {
+                format!("{prefix}/{sub}")
+            };
+        }
+        c
+    }
+
     /// Problems with this output's settings (no I/O: a schema file is
     /// checked when the pipeline opens it).
     fn problems(&self) -> Vec<String> {
@@ -1084,6 +1110,24 @@ mod tests {
             (1, 6, AvroCodec::Deflate)
         );
         assert_eq!(o.work_dir(), PathBuf::from("out/views/.tessera"));
+        // An instance writes under its own directory of path and work dir.
+        assert_eq!(o.for_instance("").path, o.path);
+        let a = o.for_instance("a");
+        assert_eq!(a.path, Some(PathBuf::from("out/views/instance=a")));
+        assert_eq!(a.work_dir(), PathBuf::from("out/views/.tessera/instance=a"));
+        let mut on_s3 = o.clone();
+        on_s3.path = None;
+        for (prefix, want) in [("", "instance=b"), ("/tiles/v/", "tiles/v/instance=b")] {
+            on_s3.s3 = Some(crate::sinks::smb::S3Location {
+                bucket: "b".into(),
+                prefix: prefix.into(),
+                endpoint: None,
+                region: "us-east-1".into(),
+                access_key_id: None,
+                secret_access_key: None,
+            });
+            assert_eq!(on_s3.for_instance("b").s3.unwrap().prefix, want);
+        }
         let bad = format!(
             "{MINIMAL}\n[[outputs]]\ntype = \"smb\"\nname = \"v v\"\nkey_field = \"nope\"\nbuckets = 6\nschema = '{schema}'\ndeflate_level = 12\n"
         );

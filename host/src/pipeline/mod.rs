@@ -74,7 +74,8 @@ fn open_outputs(cfg: &Config, store: &dyn TileStore) -> Result<Vec<SmbSink>, Pip
             OutputConfig::Smb(c) => {
                 let key = instance_key(cfg, &SmbSink::state_key(&c.name));
                 let state = store.position(&cfg.pipeline.name, &key)?;
-                outputs.push(SmbSink::open(c, state.as_deref()).map_err(|source| {
+                let located = c.for_instance(&cfg.pipeline.instance);
+                outputs.push(SmbSink::open(&located, state.as_deref()).map_err(|source| {
                     PipelineError::Output {
                         output: c.name.clone(),
                         source,

@@ -60,11 +60,14 @@ enum Command {
         #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
     },
-    /// The tile output's completeness: how far event time is complete and
+    /// An output's completeness: how far its event time is complete and
     /// each event-time partition (events, completion, amendments).
     Completeness {
         #[arg(short, long, env = "TESSERA_CONFIG", default_value = "tessera.toml")]
         config: PathBuf,
+        /// `tiles` (the default) or the name of an SMB output.
+        #[arg(long)]
+        output: Option<String>,
     },
     /// The change log: completions and amendments numbered above a high
     /// watermark; with `--commit`, commit a consumer's high watermark.
@@ -211,11 +214,12 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&store.features()?)?);
             Ok(())
         }
-        Command::Completeness { config } => {
+        Command::Completeness { config, output } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
-            let state = api::changes::LedgerAt::of(&cfg).read(store.as_ref())?;
-            println!("{}", serde_json::to_string_pretty(&state)?);
+            let at = api::changes::LedgerAt::of(&cfg);
+            let answer = at.completeness(store.as_ref(), output.as_deref(), None, None)?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         Command::Changes {

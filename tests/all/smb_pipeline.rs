@@ -169,6 +169,105 @@ fn assert_same(mut got: BTreeMap<String, Vec<Row>>, mut want: BTreeMap<String, V
     }
 }
 
+/// The change log of output `interactions` against its commit log
+/// (`log`, as [`read_output`] checked it): one change per committed
+/// directory, in the same order, a completion for each partition's own
+/// directory and an amendment naming each late-data sibling, with its
+/// records and landing time; change numbers unique over every output. And
+/// `_completeness.json` beside the output and the ledger agree on how far
+/// it is complete: every hour ending by the last watermark (`watermark_ms`).
+fn check_change_log(
+    store: &dyn tessera::stores::TileStore,
+    cfg: &str,
+    log: &[serde_json::Value],
+    watermark_ms: i64,
+) {
+    let cfg = tessera::Config::parse(cfg).unwrap();
+    let state = tessera::api::changes::LedgerAt::of(&cfg)
+        .read(store)
+        .unwrap();
+    let all = state.changes_since(0);
+    let numbers: std::collections::BTreeSet<u64> = all.iter().map(|c| c.change).collect();
+    assert_eq!(numbers.len(), all.len(), "change numbers repeat");
+    let changes: Vec<_> = all.iter().filter(|c| c.output == "interactions").collect();
+    assert_eq!(
+        changes.len(),
+        log.len(),
+        "one change per committed directory"
+    );
+    for (c, line) in changes.iter().zip(log) {
+        let amends = line["amends"].as_bool().unwrap();
+        let kind = if amends { "amended" } else { "complete" };
+        assert_eq!(
+            serde_json::to_value(c.kind).unwrap(),
+            kind,
+            "{c:?} vs {line}"
+        );
+        assert_eq!(c.dir.as_deref(), line["dir"].as_str(), "{c:?} vs {line}");
+        assert_eq!(Some(c.events), line["records"].as_u64(), "{c:?} vs {line}");
+        assert_eq!(Some(c.landed_ms), line["landed_at_ms"].as_i64());
+        assert_eq!(
+            Some(c.partition_start_ms),
+            line["event_time_start_ms"].as_i64()
+        );
+    }
+    let through = watermark_ms.div_euclid(HOUR) * HOUR;
+    let marker: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(cfg_output_path(&cfg)).join(tessera::sinks::smb::COMPLETENESS_MARKER),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        marker["complete_through_ms"].as_i64(),
+        Some(through),
+        "{marker}"
+    );
+    assert_eq!(
+        state.outputs["interactions"].complete_through_ms,
+        Some(through)
+    );
+}
+
+/// `/v1/completeness?output=` answers for the SMB output as the ledger
+/// reads, and names the outputs when asked for one that does not exist.
+fn check_completeness_api(store: std::sync::Arc<dyn tessera::stores::TileStore>, cfg: &str) {
+    let cfg = tessera::Config::parse(cfg).unwrap();
+    let at = tessera::api::changes::LedgerAt::of(&cfg);
+    let want = at
+        .completeness(store.as_ref(), Some("interactions"), None, None)
+        .unwrap();
+    let app = tessera::api::AppState {
+        ledger: Some(at),
+        ..tessera::api::AppState::new(store)
+    }
+    .router();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, got) = rt.block_on(crate::http::get(
+        &app,
+        "/v1/completeness?output=interactions",
+    ));
+    assert_eq!((code, &got), (200, &want));
+    let parts = got["partitions"].as_array().unwrap();
+    assert!(
+        !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| p["state"] == "complete" && p["dir"].is_string()),
+        "{got}"
+    );
+    let (code, body) = rt.block_on(crate::http::get(&app, "/v1/completeness?output=nope"));
+    assert_eq!(code, 404);
+    assert!(body.to_string().contains("tiles, interactions"), "{body}");
+}
+
+/// The local path of the first output of `cfg`.
+fn cfg_output_path(cfg: &tessera::Config) -> &Path {
+    let tessera::config::OutputConfig::Smb(o) = &cfg.outputs[0];
+    o.path.as_deref().unwrap()
+}
+
 /// Five hours of events, every 50th pushed 2 h back (late for an hour
 /// already committed), a few malformed and a few without a user: each
 /// written event is in its hour once, late ones in late-data siblings,
@@ -203,9 +302,13 @@ fn pipeline_output_holds_each_event_once_in_its_hour_and_late_ones_in_siblings()
             output_section(dir.path(), r#"["view", "like"]"#, "")
         ),
     );
-    let (_, stats) = support::run(&cfg);
+    let (store, stats) = support::run(&cfg);
     let (got, log) = read_output(&dir.path().join("out"));
     assert_same(got, expected(&events, &["view", "like"]));
+    let watermark = events.iter().map(|e| e.ts).max().unwrap() - 60_000;
+    check_change_log(store.as_ref(), &cfg, &log, watermark);
+    check_completeness_api(store.clone(), &cfg);
+    drop(store);
     assert!(
         log.iter()
             .filter(|l| l["amends"].as_bool().unwrap())
@@ -233,10 +336,11 @@ fn pipeline_output_holds_each_event_once_in_its_hour_and_late_ones_in_siblings()
         .unwrap()
         .contains("output `interactions`: key field `user_id` has no value")));
     // A second run over the same input adds nothing.
-    let (_, stats) = support::run(&cfg);
+    let (store, stats) = support::run(&cfg);
     assert_eq!(stats.output_records, 0);
     let (_, log2) = read_output(&dir.path().join("out"));
     assert_eq!(log2.len(), log.len());
+    check_change_log(store.as_ref(), &cfg, &log, watermark);
 }
 
 /// Two host instances of one pipeline write one SMB output location at the
@@ -353,6 +457,16 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
     let out = dir.path().join("out");
     assert_eq!(committed_dirs(&out, &out).len(), 1);
     assert!(support::read_ndjson(&out.join("_commits.ndjson")).is_empty());
+    // 2b. Restart: the line is added; abort right after the next commit
+    //     line, before a checkpoint records the directory in the ledger.
+    let status = run(&[("TESSERA_FAILPOINT", "smb-after-commit-line")])
+        .wait()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the third run must crash after a commit line"
+    );
+    assert_eq!(support::read_ndjson(&out.join("_commits.ndjson")).len(), 2);
     // 3. Restart and SIGKILL mid-stream, twice.
     let mut kills = 0;
     for wait_ms in [400u64, 900] {
@@ -369,13 +483,21 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
         stats["records_in"].as_u64().unwrap() < events.len() as u64,
         "the last run resumes (killed {kills} times)"
     );
-    let (got, _) = read_output(&out);
+    let (got, log) = read_output(&out);
     assert_same(
         got,
         expected(&events, &["view", "like", "share", "comment"]),
     );
     let cfg = tessera::Config::load(&cfg_path).unwrap();
     let store = tessera::stores::open(&cfg.store).unwrap();
+    // No commit is missing from the change log or in it twice.
+    let watermark = events.iter().map(|e| e.ts).max().unwrap() - 60_000;
+    check_change_log(
+        store.as_ref(),
+        &std::fs::read_to_string(&cfg_path).unwrap(),
+        &log,
+        watermark,
+    );
     crate::windows::check_windows(store.as_ref(), &events, 5, 200);
     // Nothing is left in the journal once every partition is published.
     let journal: Vec<_> = std::fs::read_dir(dir.path().join("work/journal"))

@@ -1,8 +1,9 @@
 //! Completeness and the change log over HTTP (Psyberg-style consumers):
 //!
-//! - `GET /v1/completeness[?from=&to=]` — how far the tile output's event
-//!   time is complete, and each partition (ms bounds) with its events,
-//!   state, completion and amendments.
+//! - `GET /v1/completeness[?output=&from=&to=]` — how far an output's
+//!   event time is complete (`tiles` by default, or an SMB output), and
+//!   each partition (ms bounds) with its events, state, completion and
+//!   amendments (with their directories for an SMB output).
 //! - `GET /v1/changes?since=N` or `?consumer=NAME` — the completions and
 //!   amendments numbered above `N` (or above what `NAME` committed), by
 //!   number, with `last_change` to commit once they are processed.
@@ -21,29 +22,60 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{on_store, ApiError, AppState};
-use crate::pipeline::ledger::{ChangeRecord, LedgerState, TILES_OUTPUT};
+use crate::pipeline::ledger::{ChangeRecord, LedgerState, OutputLedger, TILES_OUTPUT};
 use crate::stores::{StoreError, TileStore};
 
 /// Where the change log of one pipeline instance is read from.
 #[derive(Clone, Debug)]
 pub struct LedgerAt {
     pub pipeline: String,
-    pub prefix: String,
+    pub base: String,
+    /// The outputs it describes: `tiles` and every SMB output.
+    pub outputs: Vec<String>,
 }
 
 impl LedgerAt {
     pub fn of(cfg: &crate::config::Config) -> Self {
-        let (pipeline, prefix) = crate::pipeline::ledger_location(cfg);
-        LedgerAt { pipeline, prefix }
+        let (pipeline, base) = crate::pipeline::ledger_location(cfg);
+        let outputs = std::iter::once(TILES_OUTPUT.to_string())
+            .chain(cfg.outputs.iter().map(|o| o.name().to_string()))
+            .collect();
+        LedgerAt {
+            pipeline,
+            base,
+            outputs,
+        }
     }
 
     fn consumer_key(&self, name: &str) -> String {
-        format!("{}consumers/{name}", self.prefix)
+        format!("{}consumer/{name}", self.base)
     }
 
-    /// The committed ledger.
+    /// The committed ledgers.
     pub fn read(&self, store: &dyn TileStore) -> Result<LedgerState, ChangeLogError> {
-        Ok(LedgerState::read(store, &self.pipeline, &self.prefix)?)
+        Ok(LedgerState::read(store, &self.pipeline, &self.base)?)
+    }
+
+    /// The completeness of one output (`tiles` when `None`): how far its
+    /// event time is complete and its partitions overlapping
+    /// [`from`, `to`), each with its state.
+    pub fn completeness(
+        &self,
+        store: &dyn TileStore,
+        output: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<serde_json::Value, ChangeLogError> {
+        let output = output.unwrap_or(TILES_OUTPUT);
+        if !self.outputs.iter().any(|o| o == output) {
+            return Err(ChangeLogError::UnknownOutput {
+                output: output.to_string(),
+                known: self.outputs.join(", "),
+            });
+        }
+        let mut state = self.read(store)?;
+        let ledger = state.outputs.remove(output).unwrap_or_default();
+        Ok(completeness_json(output, &ledger, from, to))
     }
 
     /// The changes above `since`, or above what `consumer` committed.
@@ -117,6 +149,8 @@ pub enum ChangeLogError {
     SinceAndConsumer,
     #[error("high_watermark {high_watermark} is above the last change, {last}")]
     AboveLast { high_watermark: u64, last: u64 },
+    #[error("no output `{output}` here (outputs: {known})")]
+    UnknownOutput { output: String, known: String },
     #[error("consumer `{0}`: malformed high watermark in the store")]
     Malformed(String),
     #[error(transparent)]
@@ -128,6 +162,7 @@ impl From<ChangeLogError> for ApiError {
         match e {
             ChangeLogError::Store(e) => e.into(),
             ChangeLogError::Malformed(_) => ApiError::Internal(e.to_string()),
+            ChangeLogError::UnknownOutput { .. } => ApiError::NotFound(e.to_string()),
             other => ApiError::BadRequest(other.to_string()),
         }
     }
@@ -141,6 +176,7 @@ fn ledger_at(s: &AppState) -> Result<LedgerAt, ApiError> {
 
 #[derive(Deserialize)]
 pub(super) struct Range {
+    output: Option<String>,
     from: Option<i64>,
     to: Option<i64>,
 }
@@ -150,11 +186,22 @@ pub(super) async fn completeness(
     Query(r): Query<Range>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (at, store) = (ledger_at(&s)?, s.store.clone());
-    let state = on_store(move || Ok(at.read(store.as_ref())?)).await?;
-    let partitions: Vec<serde_json::Value> = state
+    let answer =
+        on_store(move || Ok(at.completeness(store.as_ref(), r.output.as_deref(), r.from, r.to)?));
+    Ok(Json(answer.await?))
+}
+
+/// One output's completeness as the API and the CLI show it.
+fn completeness_json(
+    output: &str,
+    ledger: &OutputLedger,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> serde_json::Value {
+    let partitions: Vec<serde_json::Value> = ledger
         .partitions
         .values()
-        .filter(|p| r.from.is_none_or(|f| p.end_ms > f) && r.to.is_none_or(|t| p.start_ms < t))
+        .filter(|p| from.is_none_or(|f| p.end_ms > f) && to.is_none_or(|t| p.start_ms < t))
         .map(|p| {
             let mut v = serde_json::to_value(p).expect("a record serializes");
             v["state"] = if p.completed.is_some() {
@@ -166,11 +213,11 @@ pub(super) async fn completeness(
             v
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "output": TILES_OUTPUT,
-        "complete_through_ms": state.complete_through_ms,
+    serde_json::json!({
+        "output": output,
+        "complete_through_ms": ledger.complete_through_ms,
         "partitions": partitions,
-    })))
+    })
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,8 @@
 //! The `[completeness]` table: how the tile output's event time is cut into
 //! partitions and how long after its end the watermark must be before one
-//! counts as complete (see `pipeline::ledger`).
+//! counts as complete (see `pipeline::ledger`), and where the change log of
+//! every output is written. SMB outputs cut and complete their own
+//! partitions (`granularity`, `allowed_lateness` of each `[[outputs]]`).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -237,6 +237,11 @@ impl SmbOutputConfig {
                 "{at}: name must be non-empty letters, digits, - or _"
             ));
         }
+        if self.name == crate::pipeline::ledger::TILES_OUTPUT {
+            p.push(format!(
+                "{at}: the name is the tile output's in the change log; choose another"
+            ));
+        }
         if self.path.is_some() == self.s3.is_some() {
             p.push(format!("{at}: set exactly one of `path` and `s3`"));
         }

@@ -130,22 +130,34 @@ fn count_late_decisions(plugin: &str, before: &RunStats, after: &RunStats) {
     }
 }
 
-/// Where this instance's partition ledger lives: (pipeline, key prefix).
+/// Where this instance's partition ledgers live: (pipeline, key prefix).
 pub fn ledger_location(cfg: &Config) -> (String, String) {
     (
         cfg.pipeline.name.clone(),
-        ledger::prefix(&instance_key(cfg, "ledger")),
+        ledger::base(&instance_key(cfg, "ledger")),
     )
 }
 
-fn open_ledger(cfg: &Config, store: &dyn TileStore) -> Result<ledger::Ledger, PipelineError> {
-    let (pipeline, prefix) = ledger_location(cfg);
-    Ok(ledger::Ledger::resume(
-        &cfg.completeness,
-        store,
-        &pipeline,
-        prefix,
-    )?)
+/// The committed ledgers, with every commit of the (opened) outputs that
+/// they lack: SMB directories published after the last checkpoint, before
+/// a crash or roll-back.
+fn open_ledger(
+    cfg: &Config,
+    store: &dyn TileStore,
+    outputs: &mut [SmbSink],
+) -> Result<ledger::Ledger, PipelineError> {
+    let (pipeline, base) = ledger_location(cfg);
+    let mut ledger = ledger::Ledger::resume(&cfg.completeness, store, &pipeline, base)?;
+    for o in outputs {
+        let output_err = |source| PipelineError::Output {
+            output: o.name().to_string(),
+            source,
+        };
+        let log = o.commit_log().map_err(output_err)?;
+        o.take_published(); // in the log already
+        ledger.published(o.name(), log);
+    }
+    Ok(ledger)
 }
 
 /// A feature plugin and the store-wide definitions of its features.
@@ -328,8 +340,8 @@ impl Pipeline {
             |key| committed_len(store.as_ref(), &cfg.pipeline.name, &instance_key(&cfg, key));
         let dead_letter = NdjsonSink::resume(&cfg.dead_letter.path, committed(DEAD_LETTER_KEY)?)?;
         let side_output = NdjsonSink::resume(&cfg.side_output.path, committed(SIDE_OUTPUT_KEY)?)?;
-        let outputs = open_outputs(&cfg, store.as_ref())?;
-        let ledger = open_ledger(&cfg, store.as_ref())?;
+        let mut outputs = open_outputs(&cfg, store.as_ref())?;
+        let ledger = open_ledger(&cfg, store.as_ref(), &mut outputs)?;
         let watermarks = cfg.watermark.tracker();
         let status = Arc::new(StatusBoard::new(&cfg.pipeline.name, cfg.source.kind()));
         Ok(Pipeline {
@@ -518,7 +530,32 @@ impl Pipeline {
         self.ledger.committed()?;
         self.tiler.recycle(checkpoint.deltas);
         self.stats.checkpoints += 1;
-        self.publish_outputs()
+        self.publish_outputs()?;
+        self.record_publications()
+    }
+
+    /// Commits the ledger records of the SMB directories just published, so
+    /// the change log and completeness show them now rather than at the
+    /// next checkpoint (or, after the last one, the next start). When that
+    /// fails the ledger is read back; the next checkpoint records them.
+    fn record_publications(&mut self) -> Result<(), PipelineError> {
+        if !self.ledger.has_unrecorded() {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            pipeline: self.cfg.pipeline.name.clone(),
+            instance: self.cfg.pipeline.instance.clone(),
+            positions: self.ledger.checkpoint(self.watermarks.current(), now_ms()),
+            ..Checkpoint::default()
+        };
+        match self.commit_retrying(&checkpoint) {
+            Ok(()) => Ok(self.ledger.committed()?),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording published SMB partitions failed; the next checkpoint records them");
+                self.ledger = open_ledger(&self.cfg, self.store.as_ref(), &mut self.outputs)?;
+                Ok(())
+            }
+        }
     }
 
     /// Commits, retrying with back-off (up to 5 s apart) while the store is
@@ -565,9 +602,9 @@ impl Pipeline {
             .roll_back(committed_len(self.store.as_ref(), name, &side_output)?)?;
         // Close the old ones first: they hold the journals' files.
         self.outputs.clear();
-        let outputs = open_outputs(&self.cfg, self.store.as_ref())?;
+        let mut outputs = open_outputs(&self.cfg, self.store.as_ref())?;
+        self.ledger = open_ledger(&self.cfg, self.store.as_ref(), &mut outputs)?;
         self.outputs = outputs;
-        self.ledger = open_ledger(&self.cfg, self.store.as_ref())?;
         self.watermarks = self.cfg.watermark.tracker();
         self.stats.rollbacks += 1;
         tracing::info!("rolled back to the last checkpoint");
@@ -581,7 +618,14 @@ impl Pipeline {
             let mut delay = std::time::Duration::from_millis(200);
             let mut attempt = 1;
             loop {
-                match o.publish() {
+                let result = o.publish();
+                // What got out before a failure is recorded too.
+                let published = o.take_published();
+                self.ledger.published(o.name(), published);
+                if let Some(through) = o.published_through() {
+                    self.ledger.published_through(o.name(), through);
+                }
+                match result {
                     Ok(done) => {
                         self.stats.output_partitions += done.len() as u64;
                         break;

@@ -31,6 +31,6 @@ pub use journal::{OutputState, SegmentState};
 pub use metadata::{BucketMetadata, LayoutError};
 pub use output::{CommittedPartition, Granularity, SmbOutput, COMMIT_MARKER};
 pub use reader::{smb_join, JoinStats, SmbSource};
-pub use sink::{OutputStats, SmbSink};
+pub use sink::{CompletenessMarker, OutputStats, SmbSink, COMPLETENESS_MARKER};
 pub use store::{local_partition_dirs, OutputRoot, S3Location};
 pub use writer::{PartitionSummary, PartitionWriter, SmbError, SmbSpec};

@@ -133,6 +133,9 @@ pub struct SmbOutput {
     horizon: i64,
     /// How far the horizon moves before a late segment is sealed.
     amend_every_ms: i64,
+    /// Publications since the last [`SmbOutput::take_published`], including
+    /// those before a failed [`SmbOutput::publish_sealed`].
+    published: Vec<CommittedPartition>,
 }
 
 impl SmbOutput {
@@ -154,6 +157,7 @@ impl SmbOutput {
             buffered: 0,
             horizon: i64::MIN,
             amend_every_ms: 0,
+            published: Vec::new(),
         })
     }
 
@@ -408,6 +412,7 @@ impl SmbOutput {
             match self.publish(seg) {
                 Ok(c) => {
                     self.buffered = self.buffered.saturating_sub(buffered);
+                    self.published.push(c.clone());
                     done.push(c);
                 }
                 Err((e, seg)) => {
@@ -419,6 +424,21 @@ impl SmbOutput {
             }
         }
         Ok(done)
+    }
+
+    /// Where the output lives.
+    pub fn root(&self) -> &OutputRoot {
+        &self.root
+    }
+
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// The directories published since the last call, in order (also those
+    /// a failed [`SmbOutput::publish_sealed`] got out before failing).
+    pub fn take_published(&mut self) -> Vec<CommittedPartition> {
+        std::mem::take(&mut self.published)
     }
 
     /// Seals and publishes every partition that ends at or before `until_ms`.
@@ -523,7 +543,8 @@ impl SmbOutput {
             .and_then(|_| {
                 super::writer::failpoint("smb-after-publish");
                 self.root.append_commit_line(&marker)
-            });
+            })
+            .inspect(|()| super::writer::failpoint("smb-after-commit-line"));
         match result {
             Ok(()) => {
                 if let Some(log) = log {

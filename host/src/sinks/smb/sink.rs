@@ -20,6 +20,11 @@
 //! hold exactly the records before those positions. A sealed segment whose
 //! marker is already in a directory was published before the crash and is
 //! not published again; one without is published now.
+//!
+//! Completeness: once every partition ending at or before a time is
+//! published (the watermark passed them and nothing sealed waits), the
+//! output says so in `_completeness.json` at its root, replaced whole and
+//! never moved back, so a downstream job waits on it instead of a delay.
 
 use super::events::EventEncoder;
 use super::journal::OutputState;
@@ -47,6 +52,27 @@ pub struct SmbSink {
     output: SmbOutput,
     datum: Vec<u8>,
     stats: OutputStats,
+    granularity_ms: i64,
+    /// Every partition ending at or before this was sealed by the watermark.
+    sealed_through: Option<i64>,
+    /// What `_completeness.json` says: every partition ending at or before
+    /// this is published.
+    published_through: Option<i64>,
+}
+
+/// The completeness marker's file name at the root of an output.
+pub const COMPLETENESS_MARKER: &str = "_completeness.json";
+
+/// The contents of `_completeness.json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompletenessMarker {
+    pub output: String,
+    pub granularity: super::Granularity,
+    /// Every partition ending at or before this is published; later data
+    /// for them can only arrive as late-data siblings.
+    pub complete_through_ms: i64,
+    /// Wall-clock time the marker was written.
+    pub updated_ms: i64,
 }
 
 impl SmbSink {
@@ -83,6 +109,7 @@ impl SmbSink {
             state.as_ref(),
         )?;
         output.set_amend_every(cfg.amend_every.as_millis() as i64);
+        let published_through = root_marker(&output)?.map(|m| m.complete_through_ms);
         let mut sink = SmbSink {
             name: cfg.name.clone(),
             event_types: cfg.event_types.clone(),
@@ -91,6 +118,9 @@ impl SmbSink {
             output,
             datum: Vec::new(),
             stats: OutputStats::default(),
+            granularity_ms: cfg.granularity.millis(),
+            sealed_through: None,
+            published_through,
         };
         // Segments sealed by the last checkpoint but not yet published; when
         // that fails (storage down), checkpoints retry it.
@@ -167,6 +197,11 @@ impl SmbSink {
         if let Some(until) = until {
             self.output.seal_until(until);
         }
+        if let Some(w) = watermark {
+            let g = self.granularity_ms;
+            let through = w.saturating_sub(self.allowed_lateness_ms).div_euclid(g) * g;
+            self.sealed_through = self.sealed_through.max(Some(through));
+        }
         let state = self.output.sync()?;
         Ok((
             Self::state_key(&self.name),
@@ -174,23 +209,74 @@ impl SmbSink {
         ))
     }
 
-    /// Phase 2, after the checkpoint committed: publishes sealed segments.
+    /// Phase 2, after the checkpoint committed: publishes sealed segments,
+    /// then moves `_completeness.json` up to what is published.
     pub fn publish(&mut self) -> Result<Vec<CommittedPartition>, SmbError> {
-        if !self.output.has_sealed() {
-            return Ok(Vec::new());
-        }
-        match self.output.publish_sealed() {
-            Ok(done) => {
-                self.stats.partitions_committed += done.len() as u64;
-                for c in &done {
-                    tracing::info!(output = %self.name, dir = %c.dir, records = c.records, amends = c.amends, "SMB partition committed");
+        let done = if self.output.has_sealed() {
+            match self.output.publish_sealed() {
+                Ok(done) => done,
+                Err(e) => {
+                    self.stats.publish_failures += 1;
+                    return Err(e);
                 }
-                Ok(done)
             }
-            Err(e) => {
-                self.stats.publish_failures += 1;
-                Err(e)
-            }
+        } else {
+            Vec::new()
+        };
+        self.stats.partitions_committed += done.len() as u64;
+        for c in &done {
+            tracing::info!(output = %self.name, dir = %c.dir, records = c.records, amends = c.amends, "SMB partition committed");
         }
+        if let Some(through) = self
+            .sealed_through
+            .filter(|t| Some(*t) > self.published_through)
+        {
+            let marker = CompletenessMarker {
+                output: self.name.clone(),
+                granularity: self.output.granularity(),
+                complete_through_ms: through,
+                updated_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            };
+            let bytes = serde_json::to_vec_pretty(&marker).expect("serializes");
+            if let Err(e) = self
+                .output
+                .root()
+                .write_root_file(COMPLETENESS_MARKER, &bytes)
+            {
+                self.stats.publish_failures += 1;
+                return Err(e);
+            }
+            self.published_through = Some(through);
+        }
+        Ok(done)
     }
+
+    /// Every partition ending at or before this is published.
+    pub fn published_through(&self) -> Option<i64> {
+        self.published_through
+    }
+
+    /// The directories published since the last call, in order.
+    pub fn take_published(&mut self) -> Vec<CommittedPartition> {
+        self.output.take_published()
+    }
+
+    /// Every commit so far, from `_commits.ndjson`.
+    pub fn commit_log(&self) -> Result<Vec<CommittedPartition>, SmbError> {
+        self.output.commit_log()
+    }
+}
+
+/// The completeness marker at the root of `output`, if it has one.
+fn root_marker(output: &SmbOutput) -> Result<Option<CompletenessMarker>, SmbError> {
+    output
+        .root()
+        .read_root_file(COMPLETENESS_MARKER)?
+        .map(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| SmbError::Journal(format!("{COMPLETENESS_MARKER}: {e}")))
+        })
+        .transpose()
 }

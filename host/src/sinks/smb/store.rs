@@ -273,19 +273,45 @@ impl OutputRoot {
 
     /// The text of `_commits.ndjson` at the root ("" when nothing was committed).
     pub fn read_commit_log(&self) -> Result<String, SmbError> {
+        Ok(self
+            .read_root_file("_commits.ndjson")?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Replaces file `name` at the root whole: readers see the old or the
+    /// new contents, never a mix (a rename locally, a PUT in an object store).
+    pub fn write_root_file(&self, name: &str, bytes: &[u8]) -> Result<(), SmbError> {
         match self {
             OutputRoot::Local(root) => {
-                let log = root.join("_commits.ndjson");
-                match std::fs::read_to_string(&log) {
-                    Ok(t) => Ok(t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-                    Err(e) => Err(io_err(&log)(e)),
+                use std::io::Write;
+                std::fs::create_dir_all(root).map_err(io_err(root))?;
+                let tmp = root.join(format!(".{name}.tmp"));
+                let path = root.join(name);
+                std::fs::File::create(&tmp)
+                    .and_then(|mut f| {
+                        f.write_all(bytes)?;
+                        f.sync_all()
+                    })
+                    .map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io_err(&path))
+            }
+            OutputRoot::Object(o) => o.put(name, bytes.to_vec()),
+        }
+    }
+
+    /// The contents of file `name` at the root, if any.
+    pub fn read_root_file(&self, name: &str) -> Result<Option<Vec<u8>>, SmbError> {
+        match self {
+            OutputRoot::Local(root) => {
+                let path = root.join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(&path)(e)),
                 }
             }
-            OutputRoot::Object(o) => Ok(o
-                .get("_commits.ndjson")?
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()),
+            OutputRoot::Object(o) => Ok(o.get(name)?.map(|b| b.to_vec())),
         }
     }
 

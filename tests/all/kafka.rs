@@ -434,7 +434,7 @@ fn an_idle_partition_does_not_stall_the_watermark() {
             "checkpoint_interval = \"100ms\"",
             &extra,
         );
-        let (_store, mut pipeline) = support::build(&cfg);
+        let (store, mut pipeline) = support::build(&cfg);
         // The live partition delivers while the pipeline runs.
         let producer = {
             let topic = topic.clone();
@@ -454,6 +454,41 @@ fn an_idle_partition_does_not_stall_the_watermark() {
             .into_iter()
             .filter(|c| c["event_time_start_ms"].as_i64().unwrap() >= support::T0)
             .collect();
+        // Completeness, of the tiles and of the SMB output (its marker and
+        // the ledger): through the live partition's last whole hour with
+        // idleness, not past the stalled partition's hour without.
+        let at = tessera::api::changes::LedgerAt::of(&tessera::Config::parse(&cfg).unwrap());
+        let through = |output: &str| {
+            at.completeness(store.as_ref(), Some(output), None, None)
+                .unwrap()["complete_through_ms"]
+                .as_i64()
+        };
+        let marker = std::fs::read(
+            dir.path()
+                .join("out")
+                .join(tessera::sinks::smb::COMPLETENESS_MARKER),
+        )
+        .ok()
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()["complete_through_ms"]
+                .as_i64()
+                .unwrap()
+        });
+        if expect_commits {
+            let want = Some(support::T0 + 2 * 3_600_000);
+            assert_eq!(
+                (through("tiles"), through("by-user"), marker),
+                (want, want, want),
+                "an idle partition does not stop completeness"
+            );
+        } else {
+            for t in [through("tiles"), through("by-user"), marker] {
+                assert!(
+                    t <= Some(support::T0),
+                    "the stalled partition holds completeness: {t:?}"
+                );
+            }
+        }
         if expect_commits {
             assert!(
                 commits.len() >= 2,

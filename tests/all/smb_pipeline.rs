@@ -498,6 +498,26 @@ fn crashes_at_every_step_of_an_output_commit_lose_and_repeat_nothing() {
         &log,
         watermark,
     );
+    // The tiles' ledger counted every event once, in its hour, through the
+    // kills, and the change-log file (repaired at each start) holds every
+    // change of every output once.
+    let state = tessera::api::changes::LedgerAt::of(&cfg)
+        .read(store.as_ref())
+        .unwrap();
+    let mut per_hour: BTreeMap<i64, u64> = BTreeMap::new();
+    for e in &events {
+        *per_hour.entry(e.ts.div_euclid(HOUR) * HOUR).or_default() += 1;
+    }
+    let counted: BTreeMap<i64, u64> = state.outputs["tiles"]
+        .partitions
+        .iter()
+        .map(|(start, p)| (*start, p.events))
+        .collect();
+    assert_eq!(counted, per_hour);
+    assert_eq!(
+        serde_json::Value::Array(support::read_ndjson(&dir.path().join("changes.ndjson"))),
+        serde_json::to_value(state.changes_since(0)).unwrap()
+    );
     crate::windows::check_windows(store.as_ref(), &events, 5, 200);
     // Nothing is left in the journal once every partition is published.
     let journal: Vec<_> = std::fs::read_dir(dir.path().join("work/journal"))

@@ -185,6 +185,81 @@ fn another_late_policy_drops_what_it_does_not_accept() {
     check_windows(store.as_ref(), &accepted, 6, 300);
 }
 
+/// Two feature stages with different allowed lateness under a handler
+/// that accepts up to 10 minutes and drops the rest: the strict stage (no
+/// allowance) counts only what is on time or accepted; the lenient one
+/// (30 minutes, views by post) also counts the dropped events within its
+/// allowance. Each against its own oracle.
+#[test]
+fn each_feature_stage_counts_late_events_within_its_own_allowed_lateness() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = late_stream();
+    let late = format!(
+        r#"[late]
+name = "late-drop"
+path = "{drop}"
+config = "600000"
+
+[[features]]
+name = "lenient-counter"
+path = "{counter}"
+allowed_lateness = "30m"
+config = {{ features = [{{ name = "views_lenient", entity = "post_id", event_types = ["view"] }}] }}
+"#,
+        drop = support::plugin("late_drop").display(),
+        counter = support::plugin("windowed_counter").display(),
+    );
+    let (store, stats) = run_with_late(dir.path(), &events, &late);
+    // Oracle: the same batches and watermark; every event behind the
+    // watermark is late for the strict stage, so the handler sees it.
+    let (mut strict, mut lenient, mut dropped, mut max_seen) =
+        (Vec::new(), Vec::new(), 0u64, i64::MIN);
+    for batch in events.chunks(256) {
+        let wm = (max_seen != i64::MIN).then(|| max_seen - 5_000);
+        for e in batch {
+            let behind = wm.map_or(0, |wm| wm - e.ts);
+            if behind <= 10 * 60_000 {
+                strict.push(e.clone());
+                lenient.push(e.clone());
+            } else {
+                dropped += 1;
+                if behind <= 30 * 60_000 {
+                    lenient.push(e.clone());
+                }
+            }
+        }
+        max_seen = max_seen.max(batch.iter().map(|e| e.ts).max().unwrap());
+    }
+    let views = |es: &[Event]| es.iter().filter(|e| e.ty == "view").count();
+    assert!(
+        views(&lenient) > views(&strict) + 20 && dropped > 100,
+        "the data must drop events the lenient stage keeps"
+    );
+    assert_eq!(stats.late_dropped, dropped);
+    check_windows(store.as_ref(), &strict, 8, 300);
+    let features = store.features().unwrap();
+    let f = features.iter().find(|f| f.name == "views_lenient").unwrap();
+    let mut rng = Rng(9);
+    for _ in 0..300 {
+        let e = &lenient[rng.below(lenient.len() as u64) as usize];
+        let window = [60_000, 20 * 60_000, 2 * 3_600_000][rng.below(3) as usize];
+        let at = T0 - 3_600_000 + rng.below(4 * 3_600_000) as i64;
+        let a = query::answer(store.as_ref(), f, &e.post, window, at).unwrap();
+        let o = support::oracle(
+            &lenient,
+            "views_per_post",
+            &e.post,
+            a.covered_start_ms,
+            a.covered_end_ms,
+        );
+        assert_eq!(
+            a.count, o.count,
+            "views_lenient/{} over {window} at {at}",
+            e.post
+        );
+    }
+}
+
 #[test]
 fn a_failing_late_handler_dead_letters_only_the_late_events() {
     for mode in ["trap", "short"] {

@@ -411,6 +411,13 @@ pub struct PluginConfig {
     /// plugin receives; every type when empty.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// `[[features]]` only: how far behind the pipeline watermark an event
+    /// may be and still count for this plugin's features without asking the
+    /// late handler. An event later than that (for every plugin receiving
+    /// it, the smallest) goes to `[late]`; what the handler drops or
+    /// side-outputs still counts for plugins whose allowance it is within.
+    #[serde(default = "zero_duration", with = "humantime_serde")]
+    pub allowed_lateness: Duration,
 }
 
 fn default_plugin_config() -> toml::Value {
@@ -857,6 +864,12 @@ impl Config {
                     plugin.name
                 ));
             }
+            if table != "[[features]]" && !plugin.allowed_lateness.is_zero() {
+                problems.push(format!(
+                    "{table} `{}`: `allowed_lateness` applies to [[features]] only",
+                    plugin.name
+                ));
+            }
         }
     }
 
@@ -1067,12 +1080,15 @@ mod tests {
             name = "counter"
             path = "c.wasm"
             event_types = ["like"]
+            allowed_lateness = "20m"
         "#;
         let cfg = Config::parse(kafka).unwrap();
         assert_eq!(cfg.parsers[0].topics, vec!["b".to_string()]);
         assert_eq!(cfg.features[0].event_types, vec!["like".to_string()]);
+        assert_eq!(cfg.features[0].allowed_lateness, Duration::from_secs(1200));
+        assert_eq!(cfg.parsers[0].allowed_lateness, Duration::ZERO);
         let bad = format!(
-            "{}\n[[parsers]]\nname = \"third\"\npath = \"p.wasm\"\ntopics = [\"b\", \"zzz\"]\nevent_types = [\"x\"]\n",
+            "{}\n[[parsers]]\nname = \"third\"\npath = \"p.wasm\"\ntopics = [\"b\", \"zzz\"]\nevent_types = [\"x\"]\nallowed_lateness = \"1m\"\n",
             kafka.replace(
                 "name = \"json\", path = \"p.wasm\"",
                 "name = \"json\", path = \"p.wasm\", topics = [\"a\"]"
@@ -1086,6 +1102,7 @@ mod tests {
             "claimed by parsers `alt` and `third`",
             "`zzz` is not one of source.topics",
             "[[parsers]] `third`: `event_types`",
+            "[[parsers]] `third`: `allowed_lateness`",
             "[parser] `json`: `topics`",
         ] {
             assert!(text.contains(want), "{want} in {text}");

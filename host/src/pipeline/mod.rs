@@ -166,9 +166,25 @@ struct FeatureStage {
     defs: Vec<FeatureDef>,
     /// The event types it receives; every type when empty.
     event_types: Vec<String>,
+    /// How far behind the watermark an event may be and still count here
+    /// whatever the late handler decides (`allowed_lateness`).
+    allowed_lateness_ms: i64,
+}
+
+/// What the late handler rejected (dropped or side-output) of a batch that
+/// some feature stage still takes, because the event is within that
+/// stage's allowed lateness.
+struct LateRejections {
+    watermark: i64,
+    /// By row of the batch it came with.
+    rejected: Vec<bool>,
 }
 
 impl FeatureStage {
+    fn receives(&self, type_name: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == type_name)
+    }
+
     /// The rows of `events` this stage receives: `None` for all of them.
     fn rows(&self, events: &EventBatch) -> Option<Vec<u32>> {
         if self.event_types.is_empty() {
@@ -324,6 +340,7 @@ impl Pipeline {
                 defs: swap::define_features(store.as_ref(), &plugin)?,
                 plugin,
                 event_types: plugin_cfg.event_types.clone(),
+                allowed_lateness_ms: plugin_cfg.allowed_lateness.as_millis() as i64,
             });
         }
         let stage_configs = swap::stage_configs(&cfg);
@@ -857,19 +874,43 @@ impl Pipeline {
     }
 
     fn process_events(&mut self, raw: &RawBatch, events: EventBatch) -> Result<(), PipelineError> {
-        let events = self.route_late(raw, events)?;
+        let (events, late) = self.route_late(raw, events)?;
         if events.len == 0 {
             return Ok(());
         }
         self.stats.events_out += events.len as u64;
         self.ledger.count(&events.event_time);
         for i in 0..self.features.len() {
-            match self.features[i].rows(&events) {
+            let stage = &self.features[i];
+            let mut rows = stage.rows(&events);
+            if let Some(l) = &late {
+                // Rejected events count only where they are within the allowance.
+                let horizon = l.watermark - stage.allowed_lateness_ms;
+                let all: Vec<u32> = rows.unwrap_or_else(|| (0..events.len).collect());
+                rows = Some(
+                    all.into_iter()
+                        .filter(|r| {
+                            !l.rejected[*r as usize] || events.event_time[*r as usize] >= horizon
+                        })
+                        .collect(),
+                );
+            }
+            match rows {
                 None => self.run_feature(i, raw, &events)?,
                 Some(rows) if rows.is_empty() => {}
                 Some(rows) => self.run_feature(i, raw, &select_events(&events, &rows))?,
             }
         }
+        // The outputs take what the late handler did not reject.
+        let events = match &late {
+            Some(l) => {
+                let keep: Vec<u32> = (0..events.len)
+                    .filter(|r| !l.rejected[*r as usize])
+                    .collect();
+                select_events(&events, &keep)
+            }
+            None => events,
+        };
         for i in 0..self.outputs.len() {
             let before = self.outputs[i].stats().records;
             let rejected = self.outputs[i].write(raw, &events);
@@ -882,29 +923,61 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends events behind the watermark to the late-data handler and keeps
-    /// those it accepts; advances the watermark with this batch.
+    /// Per event type of `events`, the smallest and the largest allowed
+    /// lateness of the feature stages receiving it (0 when none does).
+    fn allowances(&self, events: &EventBatch) -> Vec<(i64, i64)> {
+        events
+            .type_names
+            .iter()
+            .map(|t| {
+                let of = || {
+                    self.features
+                        .iter()
+                        .filter(|f| f.receives(t))
+                        .map(|f| f.allowed_lateness_ms)
+                };
+                (of().min().unwrap_or(0), of().max().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// Sends events late for every feature stage receiving them (behind the
+    /// watermark by more than the stage's allowed lateness) to the
+    /// late-data handler, and keeps those it accepts, and those it rejects
+    /// that some stage's allowance still covers (with which they are; see
+    /// [`LateRejections`]); advances the watermark with this batch.
     fn route_late(
         &mut self,
         raw: &RawBatch,
         events: EventBatch,
-    ) -> Result<EventBatch, PipelineError> {
+    ) -> Result<(EventBatch, Option<LateRejections>), PipelineError> {
         let watermark = self.watermarks.current();
         if let Some(max) = events.event_time.iter().max() {
             self.watermarks.observe(&raw.topic, raw.partition, *max);
         }
         let Some(wm) = watermark else {
-            return Ok(events);
+            return Ok((events, None));
+        };
+        let allowances = if self.features.iter().all(|f| f.allowed_lateness_ms == 0) {
+            None
+        } else {
+            Some(self.allowances(&events))
+        };
+        let allowance = |r: usize| -> (i64, i64) {
+            allowances
+                .as_ref()
+                .and_then(|a| a.get(events.event_type[r] as usize).copied())
+                .unwrap_or((0, 0))
         };
         let late_rows: Vec<u32> = (0..events.len)
-            .filter(|r| events.event_time[*r as usize] < wm)
+            .filter(|r| events.event_time[*r as usize] < wm - allowance(*r as usize).0)
             .collect();
         if late_rows.is_empty() {
-            return Ok(events);
+            return Ok((events, None));
         }
         let Some(handler) = self.late.as_mut() else {
             self.stats.late_accepted += late_rows.len() as u64;
-            return Ok(events);
+            return Ok((events, None));
         };
         let late_events = select_events(&events, &late_rows);
         let lateness_ms = late_events
@@ -962,10 +1035,12 @@ impl Pipeline {
                         self.dead_letter(Stage::Late, Some(&meta), &err.to_string(), raw, row)?;
                     }
                 }
-                let keep: Vec<u32> = (0..events.len)
-                    .filter(|r| events.event_time[*r as usize] >= wm)
-                    .collect();
-                return Ok(select_events(&events, &keep));
+                let mut failed = vec![false; events.len as usize];
+                for r in &late_rows {
+                    failed[*r as usize] = true;
+                }
+                let keep: Vec<u32> = (0..events.len).filter(|r| !failed[*r as usize]).collect();
+                return Ok((select_events(&events, &keep), None));
             }
         };
         let mut rejected = vec![false; events.len as usize];
@@ -1000,10 +1075,21 @@ impl Pipeline {
         }
         count_late_decisions(&meta.name, &before, &self.stats);
         if !rejected.iter().any(|r| *r) {
-            return Ok(events);
+            return Ok((events, None));
         }
-        let keep: Vec<u32> = (0..events.len).filter(|r| !rejected[*r as usize]).collect();
-        Ok(select_events(&events, &keep))
+        // A rejected event stays for the stages whose allowance covers it.
+        let keep: Vec<u32> = (0..events.len)
+            .filter(|r| {
+                let r = *r as usize;
+                !rejected[r] || events.event_time[r] >= wm - allowance(r).1
+            })
+            .collect();
+        let covered = keep.iter().any(|r| rejected[*r as usize]);
+        let late = covered.then(|| LateRejections {
+            watermark: wm,
+            rejected: keep.iter().map(|r| rejected[*r as usize]).collect(),
+        });
+        Ok((select_events(&events, &keep), late))
     }
 
     /// Runs feature stage `i` over `events`, and its shadow if one runs.

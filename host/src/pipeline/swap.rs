@@ -281,11 +281,12 @@ impl Pipeline {
                         registry
                             .set_active(stage, version.clone(), rollback)
                             .map_err(|e| e.to_string())?;
-                        let event_types = self.features[i].event_types.clone();
+                        let old = &self.features[i];
                         self.features[i] = FeatureStage {
                             plugin: *p,
                             defs,
-                            event_types,
+                            event_types: old.event_types.clone(),
+                            allowed_lateness_ms: old.allowed_lateness_ms,
                         };
                     }
                     LoadedPlugin::Late(p) => {

@@ -1,5 +1,6 @@
 //! The Kafka source driven directly, without a pipeline: what its consumer
-//! thread does when the reader stops taking batches for a while.
+//! thread does when the reader stops taking batches for a while, and in
+//! which order it hands out the partitions' records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -215,4 +216,167 @@ fn partitions_paused_before_a_rebalance_deliver_after_it() {
             "partition {p}: records out of order, lost or read twice"
         );
     }
+}
+
+/// Partitions are merged by message time: three partitions cover the same
+/// 200 s of timestamps with 20,000, 10,000 and 5,000 records (so taking them
+/// in turn by count, or a whole fetch at a time, would run them minutes
+/// apart). The reader waits 2 s after its first batch, so every partition's
+/// whole contents sit in librdkafka (one fetch each) while the consumer
+/// thread has read ahead only what its channel holds. From then on the
+/// partitions' progress in time never spreads by more than two batches'
+/// span, until the first partition runs out. Every record arrives once, in
+/// offset order, with its key, timestamp and headers.
+#[test]
+fn partitions_are_merged_by_message_time() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let topic = "merged-by-time";
+    support::kafka_topic(topic, 3);
+    let base = tessera::record::now_ms() - 600_000;
+    // Partition p: records every STEP[p] ms over the same 200 s.
+    const STEP: [i64; 3] = [10, 20, 40];
+    let expected: Vec<Vec<(i64, String, i64)>> = (0..3)
+        .map(|p| {
+            (0..200_000 / STEP[p])
+                .map(|i| (i, format!("p{p}-{i}"), base + i * STEP[p]))
+                .collect()
+        })
+        .collect();
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_bootstrap())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (p, records) in expected.iter().enumerate() {
+        for (i, key, ts) in records {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "n",
+                value: Some(&i.to_string()),
+            });
+            let mut record = BaseRecord::to(topic)
+                .partition(p as i32)
+                .key(key)
+                .payload("x")
+                .timestamp(*ts)
+                .headers(headers);
+            while let Err((e, r)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "producing: {e}"
+                );
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TileStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("tiles.redb")).unwrap());
+    let properties = BTreeMap::from([
+        (
+            "bootstrap.servers".to_string(),
+            support::kafka_bootstrap().to_string(),
+        ),
+        // A fetch holds a whole partition.
+        (
+            "max.partition.fetch.bytes".to_string(),
+            "8388608".to_string(),
+        ),
+    ]);
+    let mut source = KafkaSource::open(
+        &[topic.to_string()],
+        "merged-by-time-group",
+        &properties,
+        Duration::from_millis(100),
+        Some(Duration::from_secs(3)),
+        store,
+        "merged-by-time",
+    )
+    .unwrap();
+    const BATCH: usize = 200;
+    // Per batch: partition, last timestamp; per partition: (offset, key, ts, header n).
+    let mut order: Vec<(usize, i64)> = Vec::new();
+    let mut read: Vec<Vec<(i64, String, i64, String)>> = vec![Vec::new(); 3];
+    let started = Instant::now();
+    while let Some(batch) = source.next_batch(BATCH).unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not read within 120 s"
+        );
+        assert!(!batch.rolled_back, "nothing was revoked");
+        let raw = &batch.raw;
+        if raw.offsets.is_empty() {
+            continue;
+        }
+        assert!(raw.offsets.len() <= BATCH);
+        let p = raw.partition as usize;
+        for (i, offset) in raw.offsets.iter().enumerate() {
+            let text = |c: &tessera::record::BytesColumn, j: usize| {
+                String::from_utf8(bytes_at(c, j).unwrap().to_vec()).unwrap()
+            };
+            let (h0, h1) = (
+                raw.header_index[i] as usize,
+                raw.header_index[i + 1] as usize,
+            );
+            assert_eq!(h1 - h0, 1, "one header per record");
+            assert_eq!(text(&raw.header_names, h0), "n");
+            read[p].push((
+                *offset,
+                text(&raw.keys, i),
+                raw.timestamps[i],
+                text(&raw.header_values, h0),
+            ));
+        }
+        order.push((p, *raw.timestamps.last().unwrap()));
+        if order.len() == 1 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    drop(source);
+    for p in 0..3 {
+        let want: Vec<(i64, String, i64, String)> = expected[p]
+            .iter()
+            .map(|(i, key, ts)| (*i, key.clone(), *ts, i.to_string()))
+            .collect();
+        assert_eq!(read[p].len(), want.len(), "partition {p}: records read");
+        assert!(
+            read[p] == want,
+            "partition {p}: records out of order, lost, read twice or altered"
+        );
+    }
+    // Progress in time per partition after each batch; the spread between
+    // partitions once all have delivered, until the first runs out.
+    let bound = 2 * BATCH as i64 * STEP.iter().max().unwrap();
+    let last_ts: Vec<i64> = expected.iter().map(|r| r.last().unwrap().2).collect();
+    let mut progress: [Option<i64>; 3] = [None; 3];
+    let mut spreads = Vec::new();
+    for &(p, ts) in &order {
+        progress[p] = Some(ts);
+        if progress
+            .iter()
+            .enumerate()
+            .any(|(q, t)| *t == Some(last_ts[q]))
+        {
+            break;
+        }
+        if let [Some(a), Some(b), Some(c)] = progress {
+            spreads.push(a.max(b).max(c) - a.min(b).min(c));
+        }
+    }
+    let caught_up = spreads
+        .iter()
+        .position(|s| *s <= bound)
+        .unwrap_or_else(|| panic!("the partitions never came within {bound} ms: {spreads:?}"));
+    let after = &spreads[caught_up..];
+    assert!(
+        after.len() >= 20 && after.iter().all(|s| *s <= bound),
+        "partitions ran apart after catching up (bound {bound} ms): {after:?}"
+    );
 }

@@ -3,7 +3,8 @@
 //! pipeline.
 //!
 //! Assignment starts each partition at its committed position (read from
-//! the store). Revocation sets [`GroupContext::revoked`] and waits, bounded
+//! the store), its queue split off first so the consumer thread reads it
+//! as a feed of its own (`feed.rs`). Revocation sets [`GroupContext::revoked`] and waits, bounded
 //! by [`REVOKE_WAIT`], until the pipeline has rolled back, so the old owner
 //! commits nothing of a partition once the group has handed it on (the
 //! store's fencing covers a pipeline that cannot answer in time, e.g. one
@@ -11,7 +12,7 @@
 //! per-partition high watermarks for the lag.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use super::feed::{PartitionFeed, Wake};
 use crate::stores::TileStore;
 
 /// How long a partition assignment waits for an unreachable store to give
@@ -42,6 +44,8 @@ pub(super) struct Assignment {
     pub(super) assigned: Vec<(String, i32)>,
     /// When partitions were last assigned (idle time counts from then).
     pub(super) assigned_at: Option<Instant>,
+    /// The queue of every assigned partition, split off the consumer queue.
+    pub(super) feeds: Vec<Arc<PartitionFeed>>,
 }
 
 /// What librdkafka's statistics and error callbacks tell the source.
@@ -62,6 +66,11 @@ pub(super) struct GroupContext {
     store: Arc<dyn TileStore>,
     pipeline: String,
     pub(super) assignment: Mutex<Assignment>,
+    /// Bumped whenever the feeds change (the consumer thread then takes
+    /// the new set).
+    pub(super) feeds_version: AtomicU64,
+    /// Woken when a feed gets messages.
+    pub(super) wake: Arc<Wake>,
     /// Set by a revocation: the pipeline must roll back. Checked before
     /// every batch, so an atomic rather than the assignment's lock.
     pub(super) revoked: AtomicBool,
@@ -122,6 +131,8 @@ impl GroupContext {
             store,
             pipeline: pipeline.to_string(),
             assignment: Mutex::new(Assignment::default()),
+            feeds_version: AtomicU64::new(0),
+            wake: Arc::new(Wake::default()),
             revoked: AtomicBool::new(false),
             rollbacks: Mutex::new(0),
             rolled_back: Condvar::new(),
@@ -168,6 +179,18 @@ impl GroupContext {
             .expect("not poisoned")
             .assigned
             .clone()
+    }
+
+    /// The feeds of the partitions assigned now.
+    pub(super) fn feeds(&self) -> Vec<Arc<PartitionFeed>> {
+        self.assignment.lock().expect("not poisoned").feeds.clone()
+    }
+
+    /// Lets go of every feed (before the consumer goes: a feed holds a
+    /// librdkafka queue).
+    pub(super) fn drop_feeds(&self) {
+        self.assignment.lock().expect("not poisoned").feeds.clear();
+        self.feeds_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The committed next offset of a partition, if the store has one.
@@ -225,6 +248,28 @@ impl ConsumerContext for GroupContext {
                         let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(next));
                     }
                 }
+                // Split before assigning: from the first fetch on, the
+                // partition's messages stay in its own queue.
+                {
+                    let mut a = self.assignment.lock().expect("not poisoned");
+                    for (topic, p) in &parts {
+                        if a.feeds
+                            .iter()
+                            .any(|f| f.partition == *p && f.topic == *topic)
+                        {
+                            continue;
+                        }
+                        match PartitionFeed::split(consumer, topic, *p, self.wake.clone()) {
+                            Some(feed) => a.feeds.push(Arc::new(feed)),
+                            None => tracing::error!(
+                                topic,
+                                partition = p,
+                                "cannot take the partition's queue"
+                            ),
+                        }
+                    }
+                }
+                self.feeds_version.fetch_add(1, Ordering::AcqRel);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -259,11 +304,13 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(error = %e, "unassigning partitions failed");
                 }
                 tracing::info!(partitions = ?parts, "partitions revoked: rolling back to the last checkpoint");
-                self.assignment
-                    .lock()
-                    .expect("not poisoned")
-                    .assigned
-                    .retain(|p| !parts.contains(p));
+                {
+                    let mut a = self.assignment.lock().expect("not poisoned");
+                    a.assigned.retain(|p| !parts.contains(p));
+                    a.feeds
+                        .retain(|f| !parts.contains(&(f.topic.clone(), f.partition)));
+                }
+                self.feeds_version.fetch_add(1, Ordering::AcqRel);
                 self.await_roll_back();
             }
             other => {
@@ -271,6 +318,8 @@ impl ConsumerContext for GroupContext {
                 let _ = consumer.unassign();
                 let mut a = self.assignment.lock().expect("not poisoned");
                 a.assigned.clear();
+                a.feeds.clear();
+                self.feeds_version.fetch_add(1, Ordering::AcqRel);
                 self.revoked.store(true, Ordering::Release);
             }
         }

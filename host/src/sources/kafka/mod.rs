@@ -16,9 +16,10 @@
 //! committed offset. Nothing is counted twice; a rebalance costs at most one
 //! checkpoint interval of re-reading.
 //!
-//! Threads: a consumer thread (`poller.rs`) polls librdkafka and sorts
-//! messages into one raw batch per partition; the pipeline takes full
-//! batches from a bounded channel, so reading and processing overlap.
+//! Threads: a consumer thread (`poller.rs`) reads every assigned
+//! partition's own queue in turn (`feed.rs`), a raw batch of one partition
+//! per read; the pipeline takes the batches from a bounded channel, so
+//! reading and processing overlap.
 //! Memory stays bounded: when the channel is full the consumer thread
 //! pauses its partitions (and keeps polling for the group's sake), and
 //! librdkafka's own prefetch is capped by `queued.max.messages.kbytes`
@@ -38,6 +39,7 @@
 //! lag monitors see progress; the host never reads them back).
 
 mod context;
+mod feed;
 mod poller;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -178,6 +180,8 @@ impl Drop for KafkaSource {
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
+        // The feeds' queues go before the consumer does.
+        self.context().drop_feeds();
     }
 }
 

@@ -1,18 +1,30 @@
-//! The consumer thread: polls librdkafka, sorts messages into one raw batch
-//! per partition and hands full batches to the pipeline over a bounded
-//! channel, so reading overlaps processing (the pipeline thread never waits
-//! on `poll`).
+//! The consumer thread: reads the assigned partitions' feeds (`feed.rs`),
+//! a batch of one partition per read, and hands the batches to the
+//! pipeline over a bounded channel, so reading overlaps processing (the
+//! pipeline thread never waits on librdkafka). Between reads it polls the
+//! consumer queue for rebalances, statistics and errors, and when no feed
+//! has anything it sleeps until one has (or [`POLL_SLICE`]).
 //!
-//! A batch is handed out when it reaches the pipeline's batch size, when
-//! its first record has waited `linger`, or when a poll comes up dry. When
-//! the channel is full the thread waits for room, which is back-pressure
-//! enough while the pipeline works through its batches. When it stays full
-//! for [`PAUSE_AFTER`] (a pipeline retrying a commit against a store that is
-//! down) the thread pauses every assigned partition and goes back to
-//! polling, for rebalance callbacks and so that the group never sees a
-//! consumer that stopped polling; it resumes them once the pipeline takes a
-//! batch again. (Pausing drops librdkafka's prefetched messages, which are
-//! fetched again on resume, so it is not done for short waits.)
+//! Partitions are merged by time, as Kafka Streams does: every feed may
+//! have one batch read ahead, and the batch handed out next is the one
+//! whose first record has the oldest message timestamp (ties go round).
+//! A partition whose first fetch arrives late, or that was read ahead of
+//! the others, so waits while the others catch up instead of running
+//! event time apart from them (which sends a busy entity's updates to
+//! tiles out of order: measured, one partition's first fetch alone was an
+//! hour of event time ahead of the other three for the rest of the run). A
+//! feed with nothing to read does not hold the others back.
+//!
+//! A batch is full at the pipeline's batch size, or holds what its feed
+//! had. When the channel is full the thread waits for room, which is
+//! back-pressure enough while the pipeline works through its batches. When
+//! it stays full for [`PAUSE_AFTER`] (a pipeline retrying a commit against a
+//! store that is down) the thread pauses every assigned partition and goes
+//! on polling the consumer queue, for rebalance callbacks and so that the
+//! group never sees a consumer that stopped polling; it resumes them once
+//! the pipeline takes a batch again. No feed is read while batches wait for
+//! room, so memory is bounded by the channel, one batch per partition and
+//! librdkafka's prefetch (`queued.max.messages.kbytes`).
 //!
 //! Every batch carries the epoch it was read in. A roll-back (revocation or
 //! fenced checkpoint) starts a new epoch: the thread drops what it holds,
@@ -23,24 +35,22 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::context::GroupContext;
+use super::feed::{PartitionFeed, ReadSlots};
 use crate::record::{now_ms, RawBatch, RawBatchBuilder};
 
-/// How long one poll waits at most (the thread checks its commands and
-/// lingering batches in between).
+/// How long the thread sleeps at most when no feed has anything (it
+/// polls the consumer queue and checks its commands in between).
 const POLL_SLICE: Duration = Duration::from_millis(50);
 
 /// How long a full channel is waited on before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
-
-/// Records between two looks at how long pending batches have waited.
-const LINGER_CHECK_EVERY: u32 = 256;
 
 /// A batch of one partition, read in `epoch`.
 pub(super) struct Polled {
@@ -63,33 +73,35 @@ pub(super) struct Shared {
     pub(super) stop: AtomicBool,
 }
 
-/// One partition's records not handed out yet.
-struct Pending {
-    topic: String,
-    partition: i32,
-    builder: RawBatchBuilder,
-    since: Instant,
+/// An assigned partition's feed and the batch read ahead from it.
+struct FeedState {
+    feed: Arc<PartitionFeed>,
+    ahead: Option<RawBatch>,
 }
 
 pub(super) struct Poller {
     shared: Arc<Shared>,
     batches: Sender<Polled>,
     commands: Receiver<Command>,
-    linger: Duration,
+    /// The longest sleep when no feed has anything.
+    idle_wait: Duration,
     epoch: u64,
-    pending: Vec<Pending>,
+    /// The feeds of the assigned partitions with the batch each has read
+    /// ahead, and the context's version of the feeds this copy is of.
+    feeds: Vec<FeedState>,
+    feeds_version: u64,
+    /// Where ties between feeds start looking (turns go round).
+    next_feed: usize,
+    /// Room for the message pointers of one read.
+    slots: ReadSlots,
     /// Full batches the channel had no room for, oldest first.
     held: VecDeque<RawBatch>,
     paused: bool,
     /// Every partition paused since the last resume.
     paused_parts: Vec<(String, i32)>,
-    /// A poll came up dry: the next message marks the brokers up (sooner
+    /// A read came up dry: the next message marks the brokers up (sooner
     /// than the next statistics).
     saw_no_message: bool,
-    /// Records per batch handed out last, to size the next builder.
-    last_len: usize,
-    last_bytes: usize,
-    since_linger_check: u32,
 }
 
 impl Poller {
@@ -97,22 +109,22 @@ impl Poller {
         shared: Arc<Shared>,
         batches: Sender<Polled>,
         commands: Receiver<Command>,
-        linger: Duration,
+        idle_wait: Duration,
     ) -> Self {
         Poller {
             shared,
             batches,
             commands,
-            linger,
+            idle_wait,
             epoch: 0,
-            pending: Vec::new(),
+            feeds: Vec::new(),
+            feeds_version: u64::MAX,
+            next_feed: 0,
+            slots: ReadSlots::default(),
             held: VecDeque::new(),
             paused: false,
             paused_parts: Vec::new(),
             saw_no_message: true,
-            last_len: 0,
-            last_bytes: 0,
-            since_linger_check: 0,
         }
     }
 
@@ -213,55 +225,23 @@ impl Poller {
         self.paused = pause;
     }
 
+    /// One step: callbacks from the consumer queue, then (unless batches
+    /// wait for room) a read of every feed with no batch ahead, and the
+    /// oldest batch ahead handed out.
     fn poll_once(&mut self) {
-        let timeout = if self.held.is_empty() {
-            POLL_SLICE.min(self.linger)
-        } else {
-            // Waiting for room in the channel: poll only for callbacks.
-            Duration::from_millis(10)
-        };
-        match self.shared.consumer.poll(timeout) {
-            None => {
-                self.saw_no_message = true;
-                // Nothing more right now: hand out what there is.
-                while let Some(i) = self.fullest() {
-                    self.hold(i);
-                }
-            }
+        let wake = self.shared.consumer.context().wake.clone();
+        wake.arm();
+        // Rebalance, statistics and error callbacks run inside this poll.
+        // A message reaches the consumer queue only if its partition's
+        // queue could not be split off: it is handed out alone, in order.
+        match self.shared.consumer.poll(Duration::ZERO) {
+            None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "Kafka poll failed; retrying"),
             Some(Ok(m)) => {
-                if self.saw_no_message {
-                    self.saw_no_message = false;
-                    let ctx = self.shared.consumer.context();
-                    ctx.health.lock().expect("not poisoned").up = Some(true);
-                }
-                let (topic, partition) = (m.topic(), m.partition());
-                let i = match self
-                    .pending
-                    .iter()
-                    .position(|p| p.partition == partition && p.topic == topic)
-                {
-                    Some(i) => i,
-                    None => {
-                        self.pending.push(Pending {
-                            topic: topic.to_string(),
-                            partition,
-                            builder: RawBatchBuilder::with_capacity(
-                                topic,
-                                partition,
-                                self.last_len,
-                                self.last_bytes,
-                            ),
-                            since: Instant::now(),
-                        });
-                        self.pending.len() - 1
-                    }
-                };
-                let b = &mut self.pending[i].builder;
-                let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
+                let mut b = RawBatchBuilder::new(m.topic(), m.partition());
                 b.push(
                     m.offset(),
-                    ts,
+                    m.timestamp().to_millis().unwrap_or_else(now_ms),
                     m.key().unwrap_or(&[]),
                     m.payload().unwrap_or(&[]),
                 );
@@ -270,45 +250,117 @@ impl Poller {
                         b.header(h.key.as_bytes(), h.value.unwrap_or(&[]));
                     }
                 }
-                if b.len() >= self.shared.max_records.load(Ordering::Relaxed) {
-                    self.hold(i);
-                }
-                // Batches of partitions that trickle: out once they linger
-                // (looked at every few records: the clock is not free).
-                self.since_linger_check += 1;
-                if self.since_linger_check >= LINGER_CHECK_EVERY {
-                    self.since_linger_check = 0;
-                    let now = Instant::now();
-                    while let Some(i) = self
-                        .pending
-                        .iter()
-                        .position(|p| now.duration_since(p.since) >= self.linger)
-                    {
-                        self.hold(i);
-                    }
-                }
+                self.delivered();
+                self.held.push_back(b.finish());
+            }
+        }
+        self.refresh_feeds();
+        if !self.held.is_empty() {
+            // Waiting for room in the channel: callbacks only.
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        }
+        let max = self.shared.max_records.load(Ordering::Relaxed).max(1);
+        for i in 0..self.feeds.len() {
+            if self.feeds[i].ahead.is_none() {
+                let feed = self.feeds[i].feed.clone();
+                self.feeds[i].ahead = self.read_feed(&feed, max);
+            }
+        }
+        match self.oldest_ahead() {
+            Some(i) => {
+                let batch = self.feeds[i].ahead.take().expect("a batch ahead");
+                self.held.push_back(batch);
+                self.next_feed = (i + 1) % self.feeds.len();
+            }
+            None => {
+                self.saw_no_message = true;
+                wake.wait(POLL_SLICE.min(self.idle_wait));
             }
         }
     }
 
-    /// The pending batch with the most records, if any.
-    fn fullest(&self) -> Option<usize> {
-        (0..self.pending.len()).max_by_key(|i| self.pending[*i].builder.len())
+    /// The feed whose batch ahead starts with the oldest message timestamp;
+    /// among equals the first from `next_feed` on.
+    fn oldest_ahead(&self) -> Option<usize> {
+        let count = self.feeds.len();
+        (0..count)
+            .map(|turn| (self.next_feed + turn) % count)
+            .filter_map(|i| {
+                let first = *self.feeds[i].ahead.as_ref()?.timestamps.first()?;
+                Some((first, i))
+            })
+            .min_by_key(|(first, _)| *first)
+            .map(|(_, i)| i)
     }
 
-    /// Moves pending batch `i` to the batches to hand out.
-    fn hold(&mut self, i: usize) {
-        let p = self.pending.swap_remove(i);
-        self.last_len = p.builder.len();
-        self.last_bytes = p.builder.payload_bytes();
-        self.held.push_back(p.builder.finish());
+    /// Takes the context's feeds when they changed (a rebalance), keeping
+    /// the batch ahead of every feed still assigned.
+    fn refresh_feeds(&mut self) {
+        let ctx = self.shared.consumer.context();
+        let version = ctx.feeds_version.load(Ordering::Acquire);
+        if version == self.feeds_version {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.feeds);
+        self.feeds = ctx
+            .feeds()
+            .into_iter()
+            .map(|feed| {
+                let ahead = old
+                    .iter_mut()
+                    .find(|s| Arc::ptr_eq(&s.feed, &feed))
+                    .and_then(|s| s.ahead.take());
+                FeedState { feed, ahead }
+            })
+            .collect();
+        self.feeds_version = version;
+        self.next_feed = 0;
+    }
+
+    /// Reads up to `max` records of one feed into a batch; `None` when it
+    /// had none.
+    fn read_feed(&mut self, feed: &PartitionFeed, max: usize) -> Option<RawBatch> {
+        let mut b = RawBatchBuilder::new(&feed.topic, feed.partition);
+        let mut now = None;
+        feed.read(max, &mut self.slots, |m| match m {
+            Ok(m) => {
+                let ts = m
+                    .timestamp_ms()
+                    .unwrap_or_else(|| *now.get_or_insert_with(now_ms));
+                b.push(m.offset(), ts, m.key(), m.payload());
+                m.headers(|name, value| b.header(name, value));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                topic = %feed.topic,
+                partition = feed.partition,
+                "Kafka consumer error; retrying"
+            ),
+        });
+        if b.is_empty() {
+            return None;
+        }
+        self.delivered();
+        Some(b.finish())
+    }
+
+    /// A message arrived: the brokers are up.
+    fn delivered(&mut self) {
+        if self.saw_no_message {
+            self.saw_no_message = false;
+            let ctx = self.shared.consumer.context();
+            ctx.health.lock().expect("not poisoned").up = Some(true);
+        }
     }
 
     /// See [`Command::Rewind`].
     fn rewind(&mut self, epoch: u64) {
         self.epoch = epoch;
-        self.pending.clear();
         self.held.clear();
+        for state in &mut self.feeds {
+            state.ahead = None;
+        }
         let ctx = self.shared.consumer.context();
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in ctx.assigned() {

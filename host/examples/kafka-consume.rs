@@ -5,7 +5,7 @@
 //!
 //! With `CONSUME_BATCH=N` it assigns every partition itself (no group
 //! rebalances) and reads N messages per `rd_kafka_consume_batch_queue`
-//! call instead of one per poll: what batch consumption would save.
+//! call instead of one per poll, as the source's partition feeds do.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,10 @@ fn main() -> anyhow::Result<()> {
     let (mut n, mut bytes) = (0u64, 0usize);
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(600);
-    if let Ok(size) = std::env::var("CONSUME_BATCH") {
+    if let Some(size) = std::env::var("CONSUME_BATCH")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         use rdkafka::bindings as rd;
         let size: usize = size.parse()?;
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

@@ -2,6 +2,7 @@
 //! partition count), as fast as the broker takes them or at RATE records/s
 //! (COUNT records, going round the file), for `scripts/bench-kafka.sh`.
 //! Usage: kafka-produce BOOTSTRAP TOPIC PARTITIONS FILE [RATE COUNT]
+//! (`COMPRESSION` sets the producer's `compression.type`, lz4 by default).
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -27,11 +28,12 @@ fn main() -> anyhow::Result<()> {
         .create()?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new()))?;
+    let compression = std::env::var("COMPRESSION").unwrap_or_else(|_| "lz4".into());
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
+        .set("compression.type", &compression)
         .create()?;
     let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(file)?)
         .lines()

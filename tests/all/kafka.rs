@@ -503,6 +503,155 @@ fn an_idle_partition_does_not_stall_the_watermark() {
     }
 }
 
+/// Two instances of one pipeline in one group, one partition each, over one
+/// store: an hour is complete only when the whole pipeline's watermark has
+/// passed it, not one instance's. Partition 0 carries three hours of events
+/// at once; partition 1 only the first 50 minutes, then (phase 2) the rest.
+/// After phase 1 neither instance calls any hour complete (the instance
+/// holding partition 0 alone would say two); after phase 2 both say the
+/// first two hours. Each hour's events, summed over the instances' ledgers,
+/// equal the events produced in it.
+#[test]
+fn instances_complete_an_hour_only_when_every_partition_has_passed_it() {
+    use std::sync::atomic::Ordering;
+    const HOUR: i64 = 3_600_000;
+    let topic = "events-two-instances";
+    support::kafka_topic(topic, 2);
+    let live = support::events(61, 6_000, 3 * HOUR, 1_000, None);
+    let early = support::events(67, 1_000, 50 * 60_000, 1_000, None);
+    let rest: Vec<Event> = support::events(71, 4_000, 2 * HOUR, 1_000, None)
+        .into_iter()
+        .map(|mut e| {
+            e.ts += HOUR;
+            e
+        })
+        .collect();
+    let to = |p: i32, es: &[Event]| -> Vec<Msg> {
+        es.iter()
+            .map(|e| (p, e.user.clone(), e.json().into_bytes()))
+            .collect()
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared_store = support::embedded_store(dirs[0].path());
+    let cfgs: Vec<tessera::Config> = ["a", "b"]
+        .iter()
+        .zip(&dirs)
+        .map(|(instance, dir)| {
+            let text = kafka_config_with(
+                dir.path(),
+                topic,
+                &group_source(support::kafka_bootstrap(), None, ""),
+                &format!("instance = \"{instance}\"\ncheckpoint_interval = \"100ms\""),
+                "[watermark]\nout_of_orderness = \"1m\"\nidle_timeout = \"0s\"\n",
+            )
+            .replace(&support::embedded_store(dir.path()), &shared_store);
+            tessera::Config::parse(&text).unwrap()
+        })
+        .collect();
+    let store = tessera::stores::open(&cfgs[0].store).unwrap();
+    let mut boards = Vec::new();
+    let mut stops = Vec::new();
+    let mut runs = Vec::new();
+    for cfg in &cfgs {
+        let mut pipeline = tessera::Pipeline::build(cfg.clone(), store.clone()).unwrap();
+        boards.push(pipeline.status_board());
+        stops.push(pipeline.stop_flag());
+        runs.push(std::thread::spawn(move || {
+            pipeline.run(&mut |_| {}).unwrap()
+        }));
+    }
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{what}: {:?}",
+                boards.iter().map(|b| b.read()).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Both joined: each was given one partition.
+    wait_for("both instances assigned", &|| {
+        boards.iter().all(|b| b.read().ready)
+    });
+    let read = || boards.iter().map(|b| b.read().records_in).sum::<u64>();
+    let settle = |n: usize| {
+        wait_for("every record read", &|| read() == n as u64);
+        // A few checkpoints more, so each has read the other's marks.
+        let after: Vec<u64> = boards.iter().map(|b| b.read().checkpoints).collect();
+        wait_for("checkpoints after the last record", &|| {
+            boards
+                .iter()
+                .zip(&after)
+                .all(|(b, n)| b.read().checkpoints >= n + 4)
+        });
+    };
+    let through = |cfg: &tessera::Config| {
+        tessera::api::changes::LedgerAt::of(cfg)
+            .completeness(store.as_ref(), None, None, None)
+            .unwrap()
+    };
+    support::kafka_produce(topic, &to(0, &live));
+    support::kafka_produce(topic, &to(1, &early));
+    settle(live.len() + early.len());
+    for (cfg, board) in cfgs.iter().zip(&boards) {
+        let answer = through(cfg);
+        let complete = answer["complete_through_ms"].as_i64();
+        assert!(
+            complete.is_none_or(|t| t <= support::T0),
+            "instance {}: partition 1 is still in the first hour, yet complete through {complete:?}",
+            cfg.pipeline.instance
+        );
+        let wm = board.read().completeness_watermark;
+        assert!(
+            wm.is_some_and(|w| w < support::T0 + 50 * 60_000),
+            "instance {}: completeness watermark {wm:?} is past partition 1",
+            cfg.pipeline.instance
+        );
+    }
+    support::kafka_produce(topic, &to(1, &rest));
+    settle(live.len() + early.len() + rest.len());
+    for cfg in &cfgs {
+        wait_for("the first two hours complete", &|| {
+            through(cfg)["complete_through_ms"].as_i64() == Some(support::T0 + 2 * HOUR)
+        });
+    }
+    for stop in &stops {
+        stop.store(true, Ordering::Relaxed);
+    }
+    for run in runs {
+        run.join().unwrap();
+    }
+    // Events per hour over both instances' ledgers, against the produced.
+    let mut want = std::collections::BTreeMap::<i64, u64>::new();
+    for e in live.iter().chain(&early).chain(&rest) {
+        *want.entry(e.ts.div_euclid(HOUR) * HOUR).or_default() += 1;
+    }
+    let mut got = std::collections::BTreeMap::<i64, u64>::new();
+    for cfg in &cfgs {
+        let answer = through(cfg);
+        assert_eq!(
+            answer["complete_through_ms"].as_i64(),
+            Some(support::T0 + 2 * HOUR),
+            "instance {}: the third hour is not complete (the watermark is inside it)",
+            cfg.pipeline.instance
+        );
+        for p in answer["partitions"].as_array().unwrap() {
+            *got.entry(p["start_ms"].as_i64().unwrap()).or_default() +=
+                p["events"].as_u64().unwrap();
+            let end = p["end_ms"].as_i64().unwrap();
+            assert_eq!(
+                p["state"] == "complete",
+                end <= support::T0 + 2 * HOUR,
+                "instance {}: hour ending {end}: {p}",
+                cfg.pipeline.instance
+            );
+        }
+    }
+    assert_eq!(got, want, "events per hour over both instances");
+}
+
 /// The host starts before its broker exists, and later the broker is
 /// SIGKILLed mid-run and started again over its data. The host reports
 /// unhealthy on `/healthz` while no broker is up (and says why), healthy

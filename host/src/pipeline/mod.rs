@@ -26,6 +26,7 @@
 //! restart resumes from the last committed position, the uncommitted deltas
 //! were never written, and outputs replay their logs to the committed state.
 
+mod completeness;
 mod control;
 pub mod ledger;
 mod shadow;
@@ -44,7 +45,7 @@ use std::time::Instant;
 
 use crate::admin::registry::Registry;
 use crate::config::OutputConfig;
-use crate::config::{Config, PluginConfig, QuarantineAction};
+use crate::config::{Config, PluginConfig, QuarantineAction, SourceConfig};
 use crate::error::PipelineError;
 use crate::plugin::{
     FeaturePlugin, LatePlugin, ParserPlugin, PluginError, PluginMeta, PluginRuntime,
@@ -238,6 +239,8 @@ pub struct Pipeline {
     /// output partition (the watermark goes to +infinity, as in Flink).
     end_of_input: bool,
     watermarks: Watermarks,
+    /// What completeness is decided by (several hosts: over all of them).
+    completeness: completeness::CompletenessWatermark,
     stats: RunStats,
     stop: Arc<AtomicBool>,
     status: Arc<StatusBoard>,
@@ -361,6 +364,8 @@ impl Pipeline {
         let ledger = open_ledger(&cfg, store.as_ref(), &mut outputs)?;
         let watermarks = cfg.watermark.tracker();
         let status = Arc::new(StatusBoard::new(&cfg.pipeline.name, cfg.source.kind()));
+        let shared_marks =
+            !cfg.pipeline.instance.is_empty() && matches!(cfg.source, SourceConfig::Kafka { .. });
         Ok(Pipeline {
             status,
             reporter: StatusReporter::default(),
@@ -382,6 +387,7 @@ impl Pipeline {
             source,
             tiler: Tiler::new(),
             watermarks,
+            completeness: completeness::CompletenessWatermark::new(shared_marks),
             stats: RunStats::default(),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -471,6 +477,7 @@ impl Pipeline {
             .reporter
             .report(self.source.status(), &self.watermarks, &self.stats);
         status.problems.extend(self.store_problem.clone());
+        status.completeness_watermark = self.completeness.last();
         self.status.publish(status);
         self.show_stages();
     }
@@ -491,7 +498,14 @@ impl Pipeline {
     /// publish is retried at the next checkpoint; after the last one (end
     /// of input) it is retried with back-off and then reported.
     pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
-        let watermark = self.watermarks.current();
+        let local = self.watermarks.current();
+        let (watermark, marks) = self.completeness.at_checkpoint(
+            local,
+            &self.watermarks,
+            self.source.as_ref(),
+            self.store.as_ref(),
+            &self.cfg.pipeline.name,
+        );
         let mut output_states = Vec::new();
         for o in &mut self.outputs {
             let state = o.prepare(watermark, self.end_of_input).map_err(|source| {
@@ -506,6 +520,7 @@ impl Pipeline {
         self.side_output.sync()?;
         let deltas = self.tiler.drain();
         let mut positions = self.source.positions();
+        positions.extend(marks);
         positions.push((
             instance_key(&self.cfg, DEAD_LETTER_KEY),
             self.dead_letter.committed_len().to_be_bytes().to_vec(),
@@ -562,7 +577,7 @@ impl Pipeline {
         let checkpoint = Checkpoint {
             pipeline: self.cfg.pipeline.name.clone(),
             instance: self.cfg.pipeline.instance.clone(),
-            positions: self.ledger.checkpoint(self.watermarks.current(), now_ms()),
+            positions: self.ledger.checkpoint(self.completeness.last(), now_ms()),
             ..Checkpoint::default()
         };
         match self.commit_retrying(&checkpoint) {
@@ -623,6 +638,7 @@ impl Pipeline {
         self.ledger = open_ledger(&self.cfg, self.store.as_ref(), &mut outputs)?;
         self.outputs = outputs;
         self.watermarks = self.cfg.watermark.tracker();
+        self.completeness.reset();
         self.stats.rollbacks += 1;
         tracing::info!("rolled back to the last checkpoint");
         Ok(())

@@ -90,6 +90,14 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// Every partition of what it reads, held here or elsewhere (Kafka: the
+    /// topics' partitions from the brokers' metadata, as of the last
+    /// assignment). Several hosts over one pipeline decide completeness
+    /// over these. Empty when unknown.
+    fn partitions(&self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
+
     /// Goes back to the committed positions of everything it reads, after a
     /// checkpoint was fenced (another host moved one of its positions).
     /// `false` when the source cannot, and the pipeline stops instead.

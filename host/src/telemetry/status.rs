@@ -94,6 +94,10 @@ pub struct PipelineStatus {
     pub store_regressions: u64,
     /// The pipeline's event-time watermark.
     pub watermark: Option<i64>,
+    /// The watermark completeness was last decided by: the same one on a
+    /// single host; over every host's partitions when several share the
+    /// pipeline (`pipeline.instance`). Set at checkpoints.
+    pub completeness_watermark: Option<i64>,
     pub partitions: Vec<PartitionStatus>,
     /// When the pipeline thread last wrote this (ms since the epoch).
     pub updated_at: i64,
@@ -264,6 +268,7 @@ impl StatusReporter {
             fenced: stats.fenced,
             store_regressions: stats.store_regressions,
             watermark: watermarks.last(),
+            completeness_watermark: None,
             partitions,
             updated_at: now_ms(),
             updated: Some(now),

@@ -17,7 +17,7 @@ pub use agg::TileAgg;
 pub use cover::{cover, Cover, TileRange};
 pub use entities::{EntityInterner, EntityKeys};
 pub use tiler::{FeatureDef, TileDelta, TileDeltas, Tiler, UpdateRejection};
-pub use watermark::Watermarks;
+pub use watermark::{combine as combine_marks, PartitionMark, Watermarks};
 
 /// Start of the tile of `size_ms` that contains `t_ms` (floor, also for negative times).
 #[inline]

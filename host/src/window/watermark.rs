@@ -16,9 +16,92 @@
 //! dead producer does not stop completeness; it counts again as soon as it
 //! delivers. When every partition is idle, the watermark is the largest of
 //! theirs (it never goes back).
+//!
+//! Several hosts over one pipeline (`pipeline.instance`): each reads some of
+//! the source partitions, so its own watermark says nothing of the others'.
+//! Each commits a [`PartitionMark`] per partition it holds with every
+//! checkpoint (under a key shared by the instances, as the offsets are, so a
+//! partition's next owner carries it on), and completeness is decided by
+//! [`combine`] over every partition's mark: the same rule as one host's,
+//! over the whole pipeline, whoever holds each partition now.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// A source partition's watermark and idleness as the host holding it
+/// last committed them (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionMark {
+    /// `None` while the partition has delivered nothing (it holds).
+    pub watermark: Option<i64>,
+    pub idle: bool,
+}
+
+impl PartitionMark {
+    /// The store key prefix of the marks of a pipeline.
+    pub const KEY_PREFIX: &'static str = "watermark:";
+
+    /// A mark that holds: a partition nobody has reported yet.
+    pub const HELD: PartitionMark = PartitionMark {
+        watermark: None,
+        idle: false,
+    };
+
+    /// The store key of a partition's mark.
+    pub fn key(topic: &str, partition: i32) -> String {
+        format!("{}{topic}:{partition}", Self::KEY_PREFIX)
+    }
+
+    /// The (topic, partition) of a key [`key`](Self::key) made.
+    pub fn parse_key(key: &str) -> Option<(String, i32)> {
+        let (topic, partition) = key.strip_prefix(Self::KEY_PREFIX)?.rsplit_once(':')?;
+        Some((topic.to_string(), partition.parse().ok()?))
+    }
+
+    /// Watermark (big-endian, `i64::MIN` for none) and an idle byte.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.watermark.unwrap_or(i64::MIN).to_be_bytes().to_vec();
+        out.push(u8::from(self.idle));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (wm, idle) = bytes.split_first_chunk::<8>()?;
+        let watermark = i64::from_be_bytes(*wm);
+        match idle {
+            [flag @ (0 | 1)] => Some(PartitionMark {
+                watermark: (watermark != i64::MIN).then_some(watermark),
+                idle: *flag == 1,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The watermark over partitions' marks, by the rule of
+/// [`Watermarks::current`]: the minimum over partitions not idle, `None`
+/// (hold where it was) while one of those has none; the largest when all
+/// are idle; `None` with no marks.
+pub fn combine(marks: impl IntoIterator<Item = PartitionMark>) -> Option<i64> {
+    let (mut active, mut any_active, mut largest) = (Some(i64::MAX), false, None);
+    for m in marks {
+        if m.idle {
+            largest = largest.max(m.watermark);
+        } else {
+            any_active = true;
+            active = match (active, m.watermark) {
+                (Some(a), Some(w)) => Some(a.min(w)),
+                _ => None,
+            };
+            largest = largest.max(m.watermark);
+        }
+    }
+    if any_active {
+        active
+    } else {
+        largest
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Watermarks {
@@ -141,6 +224,47 @@ impl Watermarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_combine_as_one_host_would_and_round_trip() {
+        let m = |w: Option<i64>, idle| PartitionMark { watermark: w, idle };
+        // Against one host's Watermarks over the same partitions.
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, Some(Duration::from_secs(10)));
+        w.observe_at("t", 0, 100, t0);
+        w.observe_at("t", 1, 500, t0);
+        w.hold_at("t", 2, t0 + Duration::from_secs(5));
+        let marks = |w: &Watermarks, at: Instant| -> Vec<PartitionMark> {
+            w.partitions
+                .values()
+                .map(|(t, seen)| m(*t, w.idle_at(*seen, at)))
+                .collect()
+        };
+        for secs in [1, 12, 20] {
+            let at = t0 + Duration::from_secs(secs);
+            let want = {
+                let mut fresh = Watermarks::new(0, Some(Duration::from_secs(10)));
+                fresh.partitions = w.partitions.clone();
+                fresh.current_at(at)
+            };
+            assert_eq!(combine(marks(&w, at)), want, "after {secs} s");
+        }
+        assert_eq!(combine([m(Some(7), false), m(None, false)]), None, "held");
+        assert_eq!(combine([m(Some(7), false), m(None, true)]), Some(7));
+        assert_eq!(combine([m(Some(7), true), m(Some(9), true)]), Some(9));
+        assert_eq!(combine([m(Some(7), false), m(Some(9), true)]), Some(7));
+        assert_eq!(combine([]), None);
+        for mark in [m(Some(-5), true), m(None, false), m(Some(i64::MAX), false)] {
+            assert_eq!(PartitionMark::decode(&mark.encode()), Some(mark));
+        }
+        assert_eq!(PartitionMark::decode(&[0; 8]), None);
+        assert_eq!(PartitionMark::decode(&[0; 10]), None);
+        assert_eq!(
+            PartitionMark::parse_key(&PartitionMark::key("a.b-c", 12)),
+            Some(("a.b-c".to_string(), 12))
+        );
+        assert_eq!(PartitionMark::parse_key("watermark:x"), None);
+    }
 
     #[test]
     fn idle_partitions_stop_holding_the_watermark_back_until_they_deliver() {

@@ -46,6 +46,9 @@ pub(super) struct Assignment {
     pub(super) assigned_at: Option<Instant>,
     /// The queue of every assigned partition, split off the consumer queue.
     pub(super) feeds: Vec<Arc<PartitionFeed>>,
+    /// Every partition of the topics, from the metadata read at the last
+    /// assignment (a topic's partition count changing starts a rebalance).
+    pub(super) all: Vec<(String, i32)>,
 }
 
 /// What librdkafka's statistics and error callbacks tell the source.
@@ -65,6 +68,7 @@ pub(super) struct BrokerHealth {
 pub(super) struct GroupContext {
     store: Arc<dyn TileStore>,
     pipeline: String,
+    topics: Vec<String>,
     pub(super) assignment: Mutex<Assignment>,
     /// Bumped whenever the feeds change (the consumer thread then takes
     /// the new set).
@@ -126,10 +130,11 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
-    pub(super) fn new(store: Arc<dyn TileStore>, pipeline: &str) -> Self {
+    pub(super) fn new(store: Arc<dyn TileStore>, pipeline: &str, topics: &[String]) -> Self {
         GroupContext {
             store,
             pipeline: pipeline.to_string(),
+            topics: topics.to_vec(),
             assignment: Mutex::new(Assignment::default()),
             feeds_version: AtomicU64::new(0),
             wake: Arc::new(Wake::default()),
@@ -193,20 +198,58 @@ impl GroupContext {
         self.feeds_version.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Every partition of the topics as of the last assignment.
+    pub(super) fn partitions(&self) -> Vec<(String, i32)> {
+        self.assignment.lock().expect("not poisoned").all.clone()
+    }
+
+    /// Reads the topics' partitions from the brokers' metadata (kept as
+    /// they were when that fails: it is retried at the next assignment).
+    fn read_partitions(&self, consumer: &BaseConsumer<Self>) {
+        let mut all = Vec::new();
+        for topic in &self.topics {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => all.extend(
+                    md.topics()
+                        .iter()
+                        .filter(|t| t.name() == topic && t.error().is_none())
+                        .flat_map(|t| t.partitions().iter().map(|p| (topic.clone(), p.id()))),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "reading the topic's partitions failed; keeping the last known");
+                    return;
+                }
+            }
+        }
+        self.assignment.lock().expect("not poisoned").all = all;
+    }
+
     /// The committed next offset of a partition, if the store has one.
     pub(super) fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.read_committed(topic, partition, &position_key(topic, partition))
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(i64::from_be_bytes)
+    }
+
+    /// Reads what the partition's last owner committed for it: its offset,
+    /// and its watermark mark (read, not used: a CQL store fences a
+    /// checkpoint that moves a key another host wrote since this one last
+    /// read it, and the new owner writes the mark from its first checkpoint
+    /// on; see `pipeline::completeness`).
+    pub(super) fn take_over(&self, topic: &str, partition: i32) -> Option<i64> {
+        let mark = crate::window::PartitionMark::key(topic, partition);
+        let _ = self.read_committed(topic, partition, &mark);
+        self.committed(topic, partition)
+    }
+
+    /// A committed position of a partition, waiting for a store that is
+    /// unreachable for now; the host stops when the store refuses.
+    fn read_committed(&self, topic: &str, partition: i32, key: &str) -> Option<Vec<u8>> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            match self
-                .store
-                .position(&self.pipeline, &position_key(topic, partition))
-            {
-                Ok(v) => {
-                    return v
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                        .map(i64::from_be_bytes)
-                }
+            match self.store.position(&self.pipeline, key) {
+                Ok(v) => return v,
                 // The store is unreachable for now: wait for it (the
                 // partition cannot start anywhere else).
                 Err(e) if e.is_transient() && started.elapsed() < COMMITTED_RETRY => {
@@ -244,7 +287,7 @@ impl ConsumerContext for GroupContext {
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 for (topic, p) in &parts {
-                    if let Some(next) = self.committed(topic, *p) {
+                    if let Some(next) = self.take_over(topic, *p) {
                         let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(next));
                     }
                 }
@@ -270,6 +313,7 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 self.feeds_version.fetch_add(1, Ordering::AcqRel);
+                self.read_partitions(consumer);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

@@ -108,7 +108,7 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
         let consumer: BaseConsumer<GroupContext> = cfg
-            .create_with_context(GroupContext::new(store, pipeline))
+            .create_with_context(GroupContext::new(store, pipeline, topics))
             .map_err(|e| SourceError::Kafka(format!("creating the consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -258,6 +258,10 @@ impl Source for KafkaSource {
     fn rewind(&mut self) -> bool {
         self.roll_back();
         true
+    }
+
+    fn partitions(&self) -> Vec<(String, i32)> {
+        self.context().partitions()
     }
 
     fn committed(&mut self) {

@@ -364,7 +364,7 @@ impl Poller {
         let ctx = self.shared.consumer.context();
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in ctx.assigned() {
-            let offset = match ctx.committed(&topic, p) {
+            let offset = match ctx.take_over(&topic, p) {
                 Some(n) => Offset::Offset(n),
                 None => Offset::Beginning,
             };

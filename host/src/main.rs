@@ -68,6 +68,10 @@ enum Command {
         /// `tiles` (the default) or the name of an SMB output.
         #[arg(long)]
         output: Option<String>,
+        /// Another instance's ledger of a scaled-out pipeline (default:
+        /// the config's `pipeline.instance`).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// The change log: completions and amendments numbered above a high
     /// watermark; with `--commit`, commit a consumer's high watermark.
@@ -83,6 +87,10 @@ enum Command {
         /// Commit this high watermark for `--consumer` (after processing).
         #[arg(long, requires = "consumer")]
         commit: Option<u64>,
+        /// Another instance's change log of a scaled-out pipeline (default:
+        /// the config's `pipeline.instance`).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Serve the HTTP API over the store.
     Serve {
@@ -214,10 +222,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&store.features()?)?);
             Ok(())
         }
-        Command::Completeness { config, output } => {
+        Command::Completeness {
+            config,
+            output,
+            instance,
+        } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
-            let at = api::changes::LedgerAt::of(&cfg);
+            let at = api::changes::LedgerAt::of(&cfg).instance(instance.as_deref())?;
             let answer = at.completeness(store.as_ref(), output.as_deref(), None, None)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
@@ -227,10 +239,11 @@ fn main() -> Result<()> {
             since,
             consumer,
             commit,
+            instance,
         } => {
             let cfg = Config::load(&config)?;
             let store = stores::open(&cfg.store)?;
-            let at = api::changes::LedgerAt::of(&cfg);
+            let at = api::changes::LedgerAt::of(&cfg).instance(instance.as_deref())?;
             match (commit, consumer.as_deref()) {
                 (Some(hw), Some(name)) => {
                     at.commit(store.as_ref(), name, hw)?;

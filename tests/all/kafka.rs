@@ -650,6 +650,51 @@ fn instances_complete_an_hour_only_when_every_partition_has_passed_it() {
         }
     }
     assert_eq!(got, want, "events per hour over both instances");
+    // Instance a's API reads b's ledger with `?instance=b` (a consumer of a
+    // scaled-out pipeline reads each instance's change log), and a
+    // consumer's commit there is b's alone.
+    use crate::http::{call, get};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = tessera::api::AppState {
+        ledger: Some(tessera::api::changes::LedgerAt::of(&cfgs[0])),
+        ..tessera::api::AppState::new(store.clone())
+    }
+    .router();
+    let b = tessera::api::changes::LedgerAt::of(&cfgs[1]);
+    let (code, comp) = rt.block_on(get(&app, "/v1/completeness?instance=b"));
+    assert_eq!((code, comp), (200, through(&cfgs[1])));
+    let (code, changes) = rt.block_on(get(&app, "/v1/changes?instance=b"));
+    assert_eq!(code, 200);
+    assert_eq!(
+        changes,
+        serde_json::to_value(b.changes(store.as_ref(), None, None).unwrap()).unwrap()
+    );
+    assert_ne!(
+        changes["last_change"],
+        serde_json::Value::from(0),
+        "b's log has its completions"
+    );
+    let commit = axum::http::Request::put("/v1/changes/consumers/rollup?instance=b")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(format!(
+            "{{\"high_watermark\": {}}}",
+            changes["last_change"]
+        )))
+        .unwrap();
+    assert_eq!(rt.block_on(call(&app, commit)).0, 200);
+    assert_eq!(
+        b.committed(store.as_ref(), "rollup").unwrap(),
+        changes["last_change"].as_u64()
+    );
+    assert_eq!(
+        rt.block_on(get(&app, "/v1/changes/consumers/rollup")).0,
+        404,
+        "a's consumers are its own"
+    );
+    assert_eq!(
+        rt.block_on(get(&app, "/v1/changes?instance=no%20such")).0,
+        400
+    );
 }
 
 /// The host starts before its broker exists, and later the broker is

@@ -14,7 +14,10 @@
 //!
 //! Everything is read from the store (the ledger is committed with the
 //! tiles; see `pipeline::ledger`), so a downstream job waits on it instead
-//! of a fixed delay, whichever host it asks.
+//! of a fixed delay, whichever host it asks. Each takes `?instance=NAME`
+//! to read another instance's ledger of a scaled-out pipeline (every
+//! instance keeps its own, complete by the whole pipeline's watermark);
+//! without it, the ledger of the instance serving.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -45,6 +48,24 @@ impl LedgerAt {
             base,
             outputs,
         }
+    }
+
+    /// The same pipeline's ledger of instance `name` (`None`: this one).
+    pub fn instance(&self, name: Option<&str>) -> Result<LedgerAt, ChangeLogError> {
+        let Some(name) = name else {
+            return Ok(self.clone());
+        };
+        let ok = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !ok {
+            return Err(ChangeLogError::BadInstance(name.to_string()));
+        }
+        Ok(LedgerAt {
+            base: crate::pipeline::ledger::base(&crate::stores::author("ledger", name)),
+            ..self.clone()
+        })
     }
 
     fn consumer_key(&self, name: &str) -> String {
@@ -145,6 +166,8 @@ impl LedgerAt {
 pub enum ChangeLogError {
     #[error("consumer name `{0}`: 1 to 64 of A-Z a-z 0-9 - _ .")]
     BadName(String),
+    #[error("instance `{0}`: 1 to 64 of A-Z a-z 0-9 - _")]
+    BadInstance(String),
     #[error("give `since` or `consumer`, not both")]
     SinceAndConsumer,
     #[error("high_watermark {high_watermark} is above the last change, {last}")]
@@ -168,10 +191,13 @@ impl From<ChangeLogError> for ApiError {
     }
 }
 
-fn ledger_at(s: &AppState) -> Result<LedgerAt, ApiError> {
-    s.ledger
-        .clone()
-        .ok_or_else(|| ApiError::NotFound("no pipeline configured here".into()))
+/// The ledger of `instance` (`None`: the one serving) of the pipeline here.
+fn ledger_at(s: &AppState, instance: Option<&str>) -> Result<LedgerAt, ApiError> {
+    let here = s
+        .ledger
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("no pipeline configured here".into()))?;
+    Ok(here.instance(instance)?)
 }
 
 #[derive(Deserialize)]
@@ -179,13 +205,14 @@ pub(super) struct Range {
     output: Option<String>,
     from: Option<i64>,
     to: Option<i64>,
+    instance: Option<String>,
 }
 
 pub(super) async fn completeness(
     State(s): State<AppState>,
     Query(r): Query<Range>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (at, store) = (ledger_at(&s)?, s.store.clone());
+    let (at, store) = (ledger_at(&s, r.instance.as_deref())?, s.store.clone());
     let answer =
         on_store(move || Ok(at.completeness(store.as_ref(), r.output.as_deref(), r.from, r.to)?));
     Ok(Json(answer.await?))
@@ -224,6 +251,12 @@ fn completeness_json(
 pub(super) struct ChangesQuery {
     since: Option<u64>,
     consumer: Option<String>,
+    instance: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct InstanceQuery {
+    instance: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -239,7 +272,7 @@ pub(super) async fn changes(
     State(s): State<AppState>,
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<Changes>, ApiError> {
-    let (at, store) = (ledger_at(&s)?, s.store.clone());
+    let (at, store) = (ledger_at(&s, q.instance.as_deref())?, s.store.clone());
     let answer =
         on_store(move || Ok(at.changes(store.as_ref(), q.since, q.consumer.as_deref())?));
     Ok(Json(answer.await?))
@@ -260,8 +293,10 @@ fn check_name(name: &str) -> Result<(), ChangeLogError> {
 pub(super) async fn get_consumer(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<InstanceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (at, store, n) = (ledger_at(&s)?, s.store.clone(), name.clone());
+    let at = ledger_at(&s, q.instance.as_deref())?;
+    let (store, n) = (s.store.clone(), name.clone());
     let hw = on_store(move || Ok(at.committed(store.as_ref(), &n)?))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("consumer `{name}` has committed nothing")))?;
@@ -279,10 +314,12 @@ pub(super) struct Commit {
 pub(super) async fn put_consumer(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<InstanceQuery>,
     body: Result<Json<Commit>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(c) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (at, store, n) = (ledger_at(&s)?, s.store.clone(), name.clone());
+    let at = ledger_at(&s, q.instance.as_deref())?;
+    let (store, n) = (s.store.clone(), name.clone());
     on_store(move || Ok(at.commit(store.as_ref(), &n, c.high_watermark)?)).await?;
     Ok(Json(
         serde_json::json!({ "consumer": name, "high_watermark": c.high_watermark }),

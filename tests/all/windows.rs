@@ -152,10 +152,34 @@ fn late_events_follow_the_late_handler_policy() {
         "[late]\nname = \"late-default\"\npath = \"{}\"\nconfig = {{ allowed_lateness = \"30m\" }}",
         support::plugin("late_default").display()
     );
-    let (store, stats) = run_with_late(dir.path(), &events, &late);
+    // The run's metrics, from a recorder of its own.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let (store, stats) =
+        metrics::with_local_recorder(&recorder, || run_with_late(dir.path(), &events, &late));
     let (accepted, late_accepted, side) = late_oracle(&events, 30 * 60_000);
     assert_eq!(stats.late_side_output, side);
     assert_eq!(stats.late_accepted, late_accepted);
+    // Counted per plugin, decision and reason (digits folded: one label).
+    let text = metrics.render();
+    let counted = |labels: &str| -> u64 {
+        let name = format!("tessera_late_decisions_total{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        counted(
+            r#"plugin="late-default",decision="side_output",reason="N ms behind the watermark, allowed N ms""#
+        ),
+        side
+    );
+    assert_eq!(
+        counted(r#"plugin="late-default",decision="accept",reason="""#),
+        late_accepted
+    );
     assert_eq!(stats.events_out, accepted.len() as u64);
     let side_rows = support::read_ndjson(&dir.path().join("side-output.ndjson"));
     assert_eq!(side_rows.len() as u64, side);

@@ -39,6 +39,7 @@ pub use control::{
 pub use shadow::{Outcome, ShadowExample, ShadowReport, ShadowState};
 pub use stats::{Progress, RunStats};
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -112,21 +113,62 @@ fn instance_key(cfg: &Config, base: &str) -> String {
     crate::stores::author(base, &cfg.pipeline.instance)
 }
 
-/// Counts a late handler's decisions of one batch per plugin and decision,
-/// given the run's counters before and after it (the reasons are free
-/// text: they go with each side-output record, not into labels).
-fn count_late_decisions(plugin: &str, before: &RunStats, after: &RunStats) {
+/// Counts a late handler's decisions of one batch per plugin, decision and
+/// reason, given the run's counters before and after it and the batch's
+/// side outputs by reason label (accept and drop carry no reason).
+fn count_late_decisions(
+    plugin: &str,
+    before: &RunStats,
+    after: &RunStats,
+    side_outputs: &HashMap<String, u64>,
+) {
     for (decision, n) in [
         ("accept", after.late_accepted - before.late_accepted),
         ("drop", after.late_dropped - before.late_dropped),
-        (
-            "side_output",
-            after.late_side_output - before.late_side_output,
-        ),
     ] {
         if n > 0 {
-            metrics::counter!("tessera_late_decisions_total", "plugin" => plugin.to_string(), "decision" => decision)
+            metrics::counter!("tessera_late_decisions_total", "plugin" => plugin.to_string(), "decision" => decision, "reason" => "")
                 .increment(n);
+        }
+    }
+    for (reason, n) in side_outputs {
+        metrics::counter!("tessera_late_decisions_total", "plugin" => plugin.to_string(), "decision" => "side_output", "reason" => reason.clone())
+            .increment(*n);
+    }
+}
+
+/// Distinct reason labels a late plugin may have before the rest count as
+/// `other` (a metric label per free-text reason would grow without bound).
+const MAX_REASON_LABELS: usize = 32;
+
+/// Side-output reasons as metric labels: runs of digits become `N`, so
+/// "600001 ms behind the watermark" and "7200000 ms behind the watermark"
+/// count together, at most 100 characters, and at most
+/// [`MAX_REASON_LABELS`] distinct labels per plugin (then `other`). The
+/// side-output records keep each reason whole.
+#[derive(Default)]
+struct ReasonLabels {
+    seen: HashMap<String, HashSet<String>>,
+}
+
+impl ReasonLabels {
+    fn label(&mut self, plugin: &str, reason: &str) -> String {
+        let mut shape = String::new();
+        for c in reason.chars() {
+            if c.is_ascii_digit() {
+                if !shape.ends_with('N') {
+                    shape.push('N');
+                }
+            } else if shape.len() < 100 {
+                shape.push(c);
+            }
+        }
+        let seen = self.seen.entry(plugin.to_string()).or_default();
+        if seen.contains(&shape) || seen.len() < MAX_REASON_LABELS {
+            seen.insert(shape.clone());
+            shape
+        } else {
+            "other".to_string()
         }
     }
 }
@@ -218,7 +260,7 @@ pub struct Pipeline {
     /// `[parser]` first, then `[[parsers]]`.
     parsers: Vec<ParserPlugin>,
     /// Topic → index in `parsers` (topics not listed go to the first).
-    parser_for_topic: std::collections::HashMap<String, usize>,
+    parser_for_topic: HashMap<String, usize>,
     features: Vec<FeatureStage>,
     late: Option<LatePlugin>,
     /// Shared with the admin API, which loads plugins to swap in on it.
@@ -247,6 +289,8 @@ pub struct Pipeline {
     reporter: StatusReporter,
     /// Why the last commit failed, while the store is being retried.
     store_problem: Option<String>,
+    /// Late plugins' side-output reasons as metric labels.
+    reason_labels: ReasonLabels,
 }
 
 /// Where a dead-lettered record came from, and its bytes.
@@ -303,7 +347,7 @@ impl Pipeline {
         };
         let source_of = |p: &PluginConfig| swap::stage_source(p, &registry);
         let mut parsers = Vec::new();
-        let mut parser_for_topic = std::collections::HashMap::new();
+        let mut parser_for_topic = HashMap::new();
         for (i, p) in std::iter::once(&cfg.parser).chain(&cfg.parsers).enumerate() {
             parsers.push(
                 source_of(p)
@@ -370,6 +414,7 @@ impl Pipeline {
             status,
             reporter: StatusReporter::default(),
             store_problem: None,
+            reason_labels: ReasonLabels::default(),
             dead_letter,
             ledger,
             side_output,
@@ -1061,6 +1106,7 @@ impl Pipeline {
         };
         let mut rejected = vec![false; events.len as usize];
         let before = self.stats.clone();
+        let mut side_reasons: HashMap<String, u64> = HashMap::new();
         for (i, d) in decisions.iter().enumerate() {
             let row = late_rows[i] as usize;
             match d {
@@ -1072,6 +1118,9 @@ impl Pipeline {
                 LateDecision::SideOutput(reason) => {
                     rejected[row] = true;
                     self.stats.late_side_output += 1;
+                    *side_reasons
+                        .entry(self.reason_labels.label(&meta.name, reason))
+                        .or_default() += 1;
                     let src = events.source_row[row] as usize;
                     let payload = bytes_at(&raw.payloads, src).unwrap_or(&[]);
                     self.side_output.write(&serde_json::json!({
@@ -1089,7 +1138,7 @@ impl Pipeline {
                 }
             }
         }
-        count_late_decisions(&meta.name, &before, &self.stats);
+        count_late_decisions(&meta.name, &before, &self.stats, &side_reasons);
         if !rejected.iter().any(|r| *r) {
             return Ok((events, None));
         }
@@ -1215,5 +1264,41 @@ impl Pipeline {
             v.push((l.meta().clone(), l.health().clone()));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels_fold_digits_and_stay_bounded_per_plugin() {
+        let mut labels = ReasonLabels::default();
+        assert_eq!(
+            labels.label("p", "600001 ms behind, allowed 1800000 ms"),
+            "N ms behind, allowed N ms"
+        );
+        assert_eq!(
+            labels.label("p", "7 ms behind, allowed 1800000 ms"),
+            "N ms behind, allowed N ms"
+        );
+        assert_eq!(labels.label("p", &"x".repeat(500)).len(), 100);
+        for i in 0..MAX_REASON_LABELS {
+            labels.label(
+                "q",
+                &format!("reason {}", char::from(b'a' + (i % 26) as u8)).repeat(i / 26 + 1),
+            );
+        }
+        assert_eq!(labels.label("q", "one more kind"), "other");
+        assert_eq!(
+            labels.label("q", "reason a"),
+            "reason a",
+            "known labels stay"
+        );
+        assert_eq!(
+            labels.label("p", "another kind"),
+            "another kind",
+            "per plugin"
+        );
     }
 }

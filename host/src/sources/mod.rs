@@ -133,14 +133,18 @@ pub fn build(
             properties,
             poll_timeout,
             idle_exit,
-        } => Ok(Box::new(KafkaSource::open(
-            topics,
-            group_id.as_deref().unwrap_or(pipeline),
-            properties,
-            *poll_timeout,
-            *idle_exit,
-            store.clone(),
-            pipeline,
-        )?)),
+            consumer_nice,
+        } => Ok(Box::new(
+            KafkaSource::open(
+                topics,
+                group_id.as_deref().unwrap_or(pipeline),
+                properties,
+                *poll_timeout,
+                *idle_exit,
+                store.clone(),
+                pipeline,
+            )?
+            .with_consumer_nice(*consumer_nice),
+        )),
     }
 }

@@ -44,7 +44,7 @@ mod poller;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,6 +118,7 @@ impl KafkaSource {
             consumer,
             max_records: AtomicUsize::new(crate::config::default_batch_size()),
             stop: AtomicBool::new(false),
+            consumer_nice: AtomicI32::new(0),
         });
         let (batch_tx, batches) = crossbeam_channel::bounded(CHANNEL_BATCHES);
         let (commands, command_rx) = crossbeam_channel::unbounded();
@@ -139,6 +140,13 @@ impl KafkaSource {
             last_record: Instant::now(),
             topics: topics.to_vec(),
         })
+    }
+
+    /// Lowers the fetching threads' priority by `nice` (see
+    /// `source.consumer_nice`), from the next assignment on.
+    pub fn with_consumer_nice(self, nice: i32) -> Self {
+        self.shared.consumer_nice.store(nice, Ordering::Relaxed);
+        self
     }
 
     fn context(&self) -> &GroupContext {

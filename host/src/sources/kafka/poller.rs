@@ -33,7 +33,7 @@
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub(super) struct Shared {
     /// The pipeline's batch size (it passes it with every read).
     pub(super) max_records: AtomicUsize,
     pub(super) stop: AtomicBool,
+    /// `source.consumer_nice`: applied to this thread and librdkafka's at
+    /// every assignment (its broker threads start once it knows the brokers).
+    pub(super) consumer_nice: AtomicI32,
 }
 
 /// An assigned partition's feed and the batch read ahead from it.
@@ -316,6 +319,7 @@ impl Poller {
             .collect();
         self.feeds_version = version;
         self.next_feed = 0;
+        lower_fetching_threads(self.shared.consumer_nice.load(Ordering::Relaxed));
     }
 
     /// Reads up to `max` records of one feed into a batch; `None` when it
@@ -384,3 +388,41 @@ impl Poller {
         }
     }
 }
+
+/// Raises the Linux nice value of this thread and of librdkafka's threads
+/// (named `rdk:*`) in this process to `nice`, when lower: they fetch ahead
+/// of the pipeline thread, which is the critical path. Raising nice needs
+/// no privilege; a thread already at `nice` or above is left alone.
+#[cfg(target_os = "linux")]
+fn lower_fetching_threads(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    let renice = |tid: libc::id_t| {
+        // SAFETY: plain syscalls on a thread id of this process.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if *libc::__errno_location() == 0 && now < nice {
+                libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+            }
+        }
+    };
+    // SAFETY: gettid has no preconditions.
+    renice(unsafe { libc::gettid() } as libc::id_t);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if let (true, Some(tid)) = (
+            comm.starts_with("rdk:"),
+            task.file_name().to_str().and_then(|t| t.parse().ok()),
+        ) {
+            renice(tid);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_fetching_threads(_nice: i32) {}

@@ -118,6 +118,64 @@ pub struct UpdateRejection {
     pub reason: String,
 }
 
+/// Closed and out-of-order tiles between drains, in arrival order. A key
+/// may appear several times (the drain merges them in arrival order), but
+/// an update for a tile spilled recently merges into that tile's entry
+/// instead of adding one: a small direct-mapped table remembers the index
+/// of the latest entry of each key hashed to it. Events merged from
+/// several source partitions arrive behind their entity's open tile in
+/// runs (a partition's batch covers time another already moved past), and
+/// one entry per update made the spill, its sort and its fresh memory
+/// three times the in-order source's.
+struct Spill {
+    deltas: Vec<TileDelta>,
+    /// Key hash → index in `deltas` of the latest entry pushed with a key
+    /// of that hash. Never reset: an index is used only when the entry
+    /// there has the same key, and then no later entry has it (each push
+    /// of a key overwrites its slot), so merging into it keeps arrival
+    /// order.
+    recent: Box<[u32]>,
+}
+
+/// Bits of the [`Spill::recent`] table (8192 slots, 32 KiB).
+const RECENT_BITS: u32 = 13;
+
+impl Default for Spill {
+    fn default() -> Self {
+        Spill {
+            deltas: Vec::new(),
+            recent: vec![u32::MAX; 1 << RECENT_BITS].into_boxed_slice(),
+        }
+    }
+}
+
+impl Spill {
+    /// The slot of `d`'s key in [`Spill::recent`].
+    #[inline]
+    fn slot(d: &TileDelta) -> usize {
+        let mixed = ((u64::from(d.feature_id) << 32) | u64::from(d.entity))
+            ^ (d.start as u64).rotate_left(29)
+            ^ d.size_ms as u64;
+        (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT_BITS)) as usize
+    }
+
+    /// Appends `d`, or merges it into the latest entry of its key when the
+    /// table still points there.
+    #[inline]
+    fn push(&mut self, d: TileDelta) {
+        let h = Self::slot(&d);
+        let latest = self.recent[h] as usize;
+        if let Some(e) = self.deltas.get_mut(latest) {
+            if e.key() == d.key() {
+                e.agg.merge(&d.agg);
+                return;
+            }
+        }
+        self.recent[h] = self.deltas.len() as u32;
+        self.deltas.push(d);
+    }
+}
+
 /// Where a (feature, entity)'s open tiles live in `Tiler::open`.
 struct Slot {
     feature_id: u32,
@@ -128,9 +186,10 @@ struct Slot {
 /// Tile state between checkpoints. Each (feature, entity) has one open tile
 /// per tile size in a flat arena; an update for the open tile is a plain add
 /// (events mostly arrive in time order), an update for a later tile closes
-/// the open one onto `spill`, an update for an earlier tile is appended to
-/// `spill` as a tile of its own. `spill` may hold a key several times (the
-/// drain merges them in arrival order) but never an open tile's key.
+/// the open one onto `spill`, an update for an earlier tile goes to `spill`
+/// (merged into its key's latest entry when that was spilled recently, see
+/// [`Spill`]). `spill` may hold a key several times (the drain merges them
+/// in arrival order) but never an open tile's key.
 #[derive(Default)]
 pub struct Tiler {
     entities: EntityInterner,
@@ -140,7 +199,7 @@ pub struct Tiler {
     slot_of: HashMap<u32, Vec<u32>, FixedState>,
     slots: Vec<Slot>,
     open: Vec<(i64, TileAgg)>,
-    spill: Vec<TileDelta>,
+    spill: Spill,
     feature_sizes: HashMap<u32, Vec<i64>, FixedState>,
     /// The delta list of the last drain, handed back by [`Tiler::recycle`].
     recycled: Vec<TileDelta>,
@@ -287,11 +346,11 @@ impl Tiler {
     /// come out per (feature, entity) slot, and the two sorted streams merge.
     pub fn drain(&mut self) -> TileDeltas {
         let (entities, rank) = self.entities.take_sorted();
-        for t in &mut self.spill {
+        for t in &mut self.spill.deltas {
             t.entity = rank[t.entity as usize];
         }
         // Stable: equal keys keep arrival order, so `last` ties resolve as they came.
-        self.spill.sort_by_key(TileDelta::key);
+        self.spill.deltas.sort_by_key(TileDelta::key);
         let mut slots: Vec<(u64, u32)> = self
             .slots
             .iter()
@@ -317,8 +376,8 @@ impl Tiler {
         // A recycled buffer when there is one: fresh pages cost a fault each.
         let mut tiles = std::mem::take(&mut self.recycled);
         tiles.clear();
-        tiles.reserve(self.spill.len() + self.open.len());
-        let mut spilled = self.spill.iter().copied().peekable();
+        tiles.reserve(self.spill.deltas.len() + self.open.len());
+        let mut spilled = self.spill.deltas.iter().copied().peekable();
         for (_, i) in slots {
             let slot = &self.slots[i as usize];
             for &(size_ms, k) in &size_order[&slot.feature_id] {
@@ -342,7 +401,7 @@ impl Tiler {
         for t in spilled {
             push_merging(&mut tiles, t);
         }
-        self.spill.clear();
+        self.spill.deltas.clear();
         self.slots.clear();
         self.open.clear();
         for index in self.slot_of.values_mut() {
@@ -423,6 +482,48 @@ mod tests {
                 .merge(&d.agg);
         }
         tiler.recycle(deltas);
+    }
+
+    /// Updates behind the open tile merge into the spilled entry of their
+    /// key, a new entry starts once another key took the table slot, and
+    /// the entries of a key still fold in arrival order (ties on `last`
+    /// go to the later update).
+    #[test]
+    fn spill_merges_runs_of_one_key_in_arrival_order() {
+        let tile = |entity| TileDelta {
+            feature_id: 0,
+            entity,
+            size_ms: 10,
+            start: 0,
+            agg: TileAgg::EMPTY,
+        };
+        let a = tile(1);
+        let b = (2..)
+            .map(tile)
+            .find(|d| Spill::slot(d) == Spill::slot(&a))
+            .expect("a key sharing a's slot");
+        let at5 = |d: TileDelta, v: f64| TileDelta {
+            agg: TileAgg::of(v, 5),
+            ..d
+        };
+        let mut spill = Spill::default();
+        spill.push(at5(a, 1.0));
+        spill.push(at5(a, 2.0));
+        assert_eq!(spill.deltas.len(), 1, "a run of one key is one entry");
+        spill.push(at5(b, 3.0));
+        spill.push(at5(a, 4.0));
+        spill.push(at5(a, 5.0));
+        let lasts: Vec<(u32, u64, f64)> = spill
+            .deltas
+            .iter()
+            .map(|d| (d.entity, d.agg.count, d.agg.last))
+            .collect();
+        assert_eq!(lasts, [(1, 2, 2.0), (b.entity, 1, 3.0), (1, 2, 5.0)]);
+        let mut folded = TileAgg::EMPTY;
+        for d in spill.deltas.iter().filter(|d| d.key() == a.key()) {
+            folded.merge(&d.agg);
+        }
+        assert_eq!((folded.count, folded.sum, folded.last), (4, 12.0, 5.0));
     }
 
     /// Random out-of-order updates, drained at random points, equal a brute-force fold.

@@ -15,7 +15,9 @@
 # under-ingestion/idle p99 ratio; a phase whose backfill ended before its
 # calls did is flagged. Usage: scripts/bench-serving.sh [N] [COUNT]
 # (STORES="embedded" or "cassandra" runs one store alone; WRITE_CONCURRENCY
-# sets the CQL store's store.write_concurrency, default 2.)
+# sets the CQL store's store.write_concurrency, default 2; DB_CPUS and
+# HOST_CPUS, lists for taskset such as 1 and 0, pin Cassandra and the
+# host with the serving client to their own CPUs, as on separate machines.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -23,6 +25,11 @@ COUNT=${2:-3000}
 ./scripts/build-plugins.sh --quiet
 cargo build --release --quiet -p tessera --bin tessera --example serving-load
 TARGET=${CARGO_TARGET_DIR:-target}
+# Command prefixes (not a function: a function run with & is a subshell,
+# and $! would name it instead of the host the script signals).
+PIN_DB=() PIN_HOST=()
+[ -n "${DB_CPUS:-}" ] && PIN_DB=(taskset -c "$DB_CPUS")
+[ -n "${HOST_CPUS:-}" ] && PIN_HOST=(taskset -c "$HOST_CPUS")
 TESSERA=$PWD/$TARGET/release/tessera
 LOAD=$PWD/$TARGET/release/examples/serving-load
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -94,7 +101,7 @@ for store in ${STORES:-embedded cassandra}; do
   else
     # Started only now, so the embedded figures are not shared with a JVM.
     cql_port=$(free_port)
-    tests/servers/cassandra.sh "$work/cassandra" "$cql_port" "$(free_port)" > "$work/cassandra.log" 2>&1 &
+    "${PIN_DB[@]}" tests/servers/cassandra.sh "$work/cassandra" "$cql_port" "$(free_port)" > "$work/cassandra.log" 2>&1 &
     node=$!
     until grep -q "Startup complete" "$work/cassandra.log"; do
       kill -0 $node 2>/dev/null || { echo "Cassandra did not start:"; tail -20 "$work/cassandra.log"; exit 1; }
@@ -106,11 +113,11 @@ for store in ${STORES:-embedded cassandra}; do
   config "$section" "$store-load" "$work/load.ndjson" "$port" > "$work/$store-load.toml"
   config "$section" "$store-backfill" "$work/backfill.ndjson" "$port" > "$work/$store-backfill.toml"
   # (1) The load.
-  stats=$("$TESSERA" run --json --config "$work/$store-load.toml" 2>"$work/$store-load.err") \
+  stats=$("${PIN_HOST[@]}" "$TESSERA" run --json --config "$work/$store-load.toml" 2>"$work/$store-load.err") \
     || { echo "tessera run ($store load) failed:"; tail -12 "$work/$store-load.err"; exit 1; }
   echo "$store load: $(py_field "$stats" 's["records_in"]') events, $(printf '%.0f' "$(py_field "$stats" 's["records_in"] / s["reading"]')") events/s, $(py_field "$stats" 's["tiles_written"]') tiles, $(printf '%.0f' "$(py_field "$stats" 's["tiles_written"] / s["elapsed"]')") tiles written/s ($(printf '%.1f' "$(py_field "$stats" 's["elapsed"]')") s)"
   # (2) Serving during the backfill, (3) then idle on the same process.
-  "$TESSERA" run --serve --json --config "$work/$store-backfill.toml" >"$work/$store-backfill.json" 2>"$work/$store-backfill.err" &
+  "${PIN_HOST[@]}" "$TESSERA" run --serve --json --config "$work/$store-backfill.toml" >"$work/$store-backfill.json" 2>"$work/$store-backfill.err" &
   host=$!
   until [ "$(status_state "$port")" = running ]; do
     kill -0 $host 2>/dev/null || { echo "tessera run ($store backfill) failed:"; tail -12 "$work/$store-backfill.err"; exit 1; }
@@ -123,7 +130,7 @@ for store in ${STORES:-embedded cassandra}; do
     for mode in single batch; do
       count=$COUNT
       [ $mode = batch ] && count=$((COUNT / 10))
-      out=$("$LOAD" "127.0.0.1:$port" $mode $count 10000 $AT)
+      out=$("${PIN_HOST[@]}" "$LOAD" "127.0.0.1:$port" $mode $count 10000 $AT)
       state=$(status_state "$port")
       flag=""
       [ $phase = ingesting ] && [ "$state" != running ] && flag=" (the backfill ended before these calls did)"

@@ -69,12 +69,7 @@ impl CompletenessWatermark {
             .assigned()
             .into_iter()
             .map(|key| {
-                let mark = own
-                    .get(&key)
-                    .map_or(PartitionMark::HELD, |(w, idle)| PartitionMark {
-                        watermark: *w,
-                        idle: *idle,
-                    });
+                let mark = own.get(&key).copied().unwrap_or(PartitionMark::HELD);
                 (key, mark)
             })
             .collect();

@@ -238,7 +238,10 @@ impl StatusReporter {
                 let next_offset = from_source.and_then(|p| p.next_offset);
                 let high_watermark = from_source.and_then(|p| p.high_watermark);
                 let lag = high_watermark.map(|h| (h - next_offset.unwrap_or(0)).max(0));
-                let (watermark, idle) = marks.get(&key).copied().unwrap_or((None, false));
+                let crate::window::PartitionMark { watermark, idle } = marks
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(crate::window::PartitionMark::HELD);
                 PartitionStatus {
                     topic: key.0,
                     partition: key.1,

@@ -163,22 +163,23 @@ impl Watermarks {
             .and_then(|(t, _)| t.map(|t| t.saturating_sub(self.out_of_orderness_ms)))
     }
 
-    /// Every partition's watermark (`None` while held) and whether it is
-    /// idle now.
-    pub fn snapshot(&self) -> HashMap<(String, i32), (Option<i64>, bool)> {
+    /// Every partition's mark now: its watermark (`None` while held) and
+    /// whether it is idle.
+    pub fn snapshot(&self) -> HashMap<(String, i32), PartitionMark> {
         let now = Instant::now();
         self.partitions
             .iter()
-            .map(|(k, (t, seen))| {
-                (
-                    k.clone(),
-                    (
-                        t.map(|t| t.saturating_sub(self.out_of_orderness_ms)),
-                        self.idle_at(*seen, now),
-                    ),
-                )
-            })
+            .map(|(k, (t, seen))| (k.clone(), self.mark_at(*t, *seen, now)))
             .collect()
+    }
+
+    /// The mark of a partition whose largest event time is `max_event`
+    /// and that last delivered at `seen`.
+    fn mark_at(&self, max_event: Option<i64>, seen: Instant, now: Instant) -> PartitionMark {
+        PartitionMark {
+            watermark: max_event.map(|t| t.saturating_sub(self.out_of_orderness_ms)),
+            idle: self.idle_at(seen, now),
+        }
     }
 
     fn idle_at(&self, seen: Instant, now: Instant) -> bool {
@@ -200,21 +201,14 @@ impl Watermarks {
     }
 
     fn current_at(&mut self, now: Instant) -> Option<i64> {
-        let mut active = self
+        let marks = self
             .partitions
             .values()
-            .filter(|(_, seen)| !self.idle_at(*seen, now))
-            .peekable();
-        let max_event = if active.peek().is_some() {
-            // `None` (a held partition) sorts first: the watermark stays.
-            match active.map(|(t, _)| *t).min().flatten() {
-                Some(t) => t,
-                None => return self.floor,
-            }
-        } else {
-            self.partitions.values().filter_map(|(t, _)| *t).max()?
+            .map(|(t, seen)| self.mark_at(*t, *seen, now));
+        // `None`: a held active partition (the watermark stays) or no event yet.
+        let Some(wm) = combine(marks) else {
+            return self.floor;
         };
-        let wm = max_event.saturating_sub(self.out_of_orderness_ms);
         let wm = self.floor.map_or(wm, |f| f.max(wm));
         self.floor = Some(wm);
         Some(wm)

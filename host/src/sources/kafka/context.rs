@@ -296,10 +296,7 @@ impl ConsumerContext for GroupContext {
                 {
                     let mut a = self.assignment.lock().expect("not poisoned");
                     for (topic, p) in &parts {
-                        if a.feeds
-                            .iter()
-                            .any(|f| f.partition == *p && f.topic == *topic)
-                        {
+                        if a.feeds.iter().any(|f| f.is(topic, *p)) {
                             continue;
                         }
                         match PartitionFeed::split(consumer, topic, *p, self.wake.clone()) {
@@ -351,8 +348,7 @@ impl ConsumerContext for GroupContext {
                 {
                     let mut a = self.assignment.lock().expect("not poisoned");
                     a.assigned.retain(|p| !parts.contains(p));
-                    a.feeds
-                        .retain(|f| !parts.contains(&(f.topic.clone(), f.partition)));
+                    a.feeds.retain(|f| !parts.iter().any(|(t, p)| f.is(t, *p)));
                 }
                 self.feeds_version.fetch_add(1, Ordering::AcqRel);
                 self.await_roll_back();

@@ -121,6 +121,11 @@ impl PartitionFeed {
         })
     }
 
+    /// Whether this is the feed of `partition` of `topic`.
+    pub(super) fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+
     /// Takes up to `max` messages without waiting and calls `each` with
     /// every one (a message of this partition, or an error librdkafka put
     /// on the queue); returns how many were taken.
